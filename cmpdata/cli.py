@@ -1,0 +1,232 @@
+"""The ``cmpdata`` command. Each sub-command parses its arguments and calls one library function.
+
+Exit codes: 0 success; 1 the work ran but some inputs were skipped or failed (each named
+on stderr); 2 nothing could be done (bad arguments, no usable input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cmpdata import __version__
+from cmpdata.errors import CmpDataError
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+
+def _add_pair_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("frame pairs")
+    g.add_argument("--gap", type=int, default=3, help="frames between the two frames of a pair")
+    g.add_argument("--stride", type=int, default=10, help="frames between consecutive pairs")
+    g.add_argument(
+        "--max-pairs-per-video",
+        type=int,
+        default=None,
+        help="keep at most N pairs per video, spread evenly over it",
+    )
+    g.add_argument("--short-side", type=int, default=416, help="resize frames to this short side")
+    g.add_argument("--min-side", type=int, default=64, help="skip sources smaller than this")
+    g.add_argument("--decoder", choices=["auto", "decord", "ffmpeg"], default="auto")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds without a decoded frame before a file is abandoned",
+    )
+
+
+def _add_flow_options(p: argparse.ArgumentParser) -> None:
+    from cmpdata.flow import FLOW_BACKENDS
+
+    g = p.add_argument_group("optical flow")
+    g.add_argument("--flow", default="dis", choices=FLOW_BACKENDS.names())
+    g.add_argument(
+        "--flow-weights",
+        default=None,
+        help="RAFT weights file (torchvision's published raft_small/raft_large checkpoint)",
+    )
+    g.add_argument(
+        "--consistency",
+        action="store_true",
+        help="forward-backward check: store a validity mask (twice the flow work)",
+    )
+
+
+def _flow_backend(args: argparse.Namespace):
+    from cmpdata.flow import build_flow
+
+    options = {"weights": args.flow_weights} if args.flow.startswith("raft") else {}
+    if args.flow_weights and not args.flow.startswith("raft"):
+        raise CmpDataError(f"--flow-weights applies to RAFT only, not to {args.flow!r}")
+    return build_flow(args.flow, **options)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cmpdata.demo import run_demo
+
+    summary = run_demo(args.out, clips=args.clips, seed=args.seed, flow=args.flow)
+    print(f"{summary['pairs']} pairs from {args.clips} synthetic clips -> {args.out}/pictures/")
+    print(
+        f"mean end-point error: {summary['flow']['name']} {summary['epe_mean']:.3f} px, "
+        f"zero flow {summary['epe_zero_mean']:.3f} px"
+    )
+    for d in summary["dropped"]:
+        print(f"dropped {d['source_id']} {d['t0']}->{d['t1']}: {d['reason']}")
+    print(f"summary: {Path(args.out) / 'summary.json'}")
+    return EXIT_OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from cmpdata.synth import make_clips
+
+    files = make_clips(
+        args.out,
+        args.count,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        num_frames=args.frames,
+    )
+    for f in files:
+        print(f.video)
+    return EXIT_OK
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from cmpdata.sources import check_source_size, find_sources, probe
+
+    sources = find_sources(args.inputs)
+    failed = 0
+    print(f"{'source':40s} {'width':>6s} {'height':>6s} {'frames':>7s} {'fps':>6s} rot")
+    for source in sources:
+        try:
+            info = probe(source, timeout=args.timeout)
+            check_source_size(source, info, args.min_side)
+        except CmpDataError as exc:
+            failed += 1
+            print(f"{source.id:40s} skipped: {exc}", file=sys.stderr)
+            continue
+        fps = f"{info.fps:.2f}" if info.fps else "-"
+        print(
+            f"{source.id:40s} {info.width:6d} {info.height:6d} {info.num_frames:7d} "
+            f"{fps:>6s} {info.rotation}"
+        )
+    print(f"{len(sources) - failed} usable, {failed} skipped")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from cmpdata.decode import PairConfig
+    from cmpdata.guidance import GuidanceConfig, build_sampler
+    from cmpdata.process import StageSettings, process_source
+    from cmpdata.records import Dropped
+    from cmpdata.sources import find_sources
+    from cmpdata.viz import flow_figure, save_png
+
+    settings = StageSettings(
+        pairs=PairConfig(
+            gap=args.gap,
+            stride=args.stride,
+            max_pairs_per_video=args.max_pairs_per_video,
+            short_side=args.short_side,
+            min_side=args.min_side,
+            timeout=args.timeout,
+            decoder=args.decoder,
+        ),
+        seed=args.seed,
+        consistency=args.consistency,
+    )
+    sampler = build_sampler(GuidanceConfig(strategies=args.guidance))
+    backend = _flow_backend(args)
+    out = Path(args.out)
+    written = failed = 0
+    for source in find_sources(args.inputs):
+        try:
+            for item in process_source(source, backend, sampler, settings):
+                if isinstance(item, Dropped):
+                    print(f"dropped {item.sample_id}: {item.reason}", file=sys.stderr)
+                    continue
+                s = item.sample
+                name = s.sample_id.replace("/", "_").replace("#", "_") + ".png"
+                save_png(
+                    out / name,
+                    flow_figure(
+                        s.pair.frame0, s.flow, item.guidance, valid=s.valid, title=s.sample_id
+                    ),
+                )
+                written += 1
+        except CmpDataError as exc:
+            failed += 1
+            print(f"skipped {source.id}: {exc}", file=sys.stderr)
+    print(f"{written} pictures in {out}, {failed} sources skipped")
+    if written == 0:
+        return EXIT_ERROR
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmpdata",
+        description="Turn videos into Conditional Motion Propagation training data.",
+    )
+    parser.add_argument("--version", action="version", version=f"cmpdata {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the stages on synthetic clips and write pictures")
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--clips", type=int, default=3, help="number of synthetic clips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flow", default="dis", help="flow backend (a CPU one: dis or farneback)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write synthetic clips with exact ground-truth flow")
+    p.add_argument("--out", required=True)
+    p.add_argument("--count", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--frames", type=int, default=40)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("probe", help="list the sources found in the inputs, with their sizes")
+    p.add_argument(
+        "inputs", nargs="+", help="video files, frame folders, directories, globs, @list.txt"
+    )
+    p.add_argument("--min-side", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser(
+        "preview", help="run the stages on your videos and write one picture per pair"
+    )
+    p.add_argument(
+        "inputs", nargs="+", help="video files, frame folders, directories, globs, @list.txt"
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--guidance", default="watershed,grid", help="comma-separated samplers")
+    p.add_argument("--seed", type=int, default=0)
+    _add_pair_options(p)
+    _add_flow_options(p)
+    p.set_defaults(func=cmd_preview, max_pairs_per_video=3)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CmpDataError as exc:
+        print(f"cmpdata: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as exc:  # bad option values, refused by the library at its boundary
+        print(f"cmpdata: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

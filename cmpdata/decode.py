@@ -1,0 +1,547 @@
+"""Frame pairs out of a source: exact frame indices, resizing, and decoders that can be killed.
+
+Frame ``t`` of a video is the ``t``-th frame its decoder outputs (no frame-rate resampling),
+shown upright: ffmpeg and decord (0.6) both apply the container's display rotation, and
+:func:`read_frames` checks that each frame has the probed display size.
+
+Decoders never run in this process. decord can spin forever (holding the GIL) on a file
+whose frame count is over-reported, so it runs in a fresh Python subprocess
+(``sys.executable -c ...``: like multiprocessing's "spawn", without re-importing the
+caller's main module, and usable from daemonic workers) that writes frames to a pipe;
+ffmpeg is a subprocess too. Both are read with a deadline: they signal every decoded frame
+(decord every few skipped frames, ffmpeg through its ``showinfo`` log) and are killed when
+nothing comes for ``timeout`` seconds, raising :class:`DecodeTimeout`. They are killed and
+reaped however the reading ends.
+
+Frames are decoded sequentially (decord's random access can return the wrong frame on files
+with B-frames); only the requested ones are converted to RGB and sent back.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cmpdata.errors import DecodeError, DecodeTimeout, SourceError
+from cmpdata.media import ffmpeg_exe
+from cmpdata.records import Dropped, FramePair, Source, VideoInfo
+from cmpdata.sources import check_source_size, ffmpeg_complaint, probe
+
+DECODERS = ("auto", "decord", "ffmpeg")
+
+#: ``crop(frame0, frame1) -> (x0, y0, x1, y1)``: the box to keep from both frames of a pair.
+CropFn = Callable[[np.ndarray, np.ndarray], tuple[int, int, int, int]]
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """How frame pairs are taken from a source."""
+
+    gap: int = 3  # frames between the two frames of a pair (t1 = t0 + gap)
+    stride: int = 10  # frames between the first frames of consecutive pairs
+    max_pairs_per_video: int | None = None  # keep at most this many, spread over the video
+    short_side: int | None = 416  # resize so the short side has this many px; None keeps size
+    min_side: int = 64  # sources with a shorter short side (px) are refused
+    timeout: float = 30.0  # seconds without a decoded frame before decoding is abandoned
+    decoder: str = "auto"  # "decord", "ffmpeg", or "auto": decord, then ffmpeg if it fails
+
+    def __post_init__(self) -> None:
+        for name in ("gap", "stride", "min_side"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PairConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_pairs_per_video", "short_side"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"PairConfig.{name} must be None or >= 1, got {value}")
+        if not self.timeout > 0:
+            raise ValueError(f"PairConfig.timeout must be > 0 s, got {self.timeout}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {DECODERS}")
+
+
+def pair_indices(
+    num_frames: int, gap: int, stride: int, max_pairs: int | None = None
+) -> list[tuple[int, int]]:
+    """Pairs ``(t, t + gap)`` for ``t = 0, stride, 2 * stride...`` with ``t + gap < num_frames``.
+
+    With ``max_pairs`` set and more candidates than that, ``max_pairs`` of them are kept,
+    spread evenly over the video (first and last included), not the first ones.
+    Raises ``ValueError`` for a negative count or a gap, stride or max_pairs under 1.
+    """
+    if num_frames < 0 or gap < 1 or stride < 1 or (max_pairs is not None and max_pairs < 1):
+        raise ValueError(
+            f"need num_frames >= 0 and gap, stride, max_pairs >= 1; got num_frames={num_frames}, "
+            f"gap={gap}, stride={stride}, max_pairs={max_pairs}"
+        )
+    starts = range(0, max(num_frames - gap, 0), stride)
+    if max_pairs is not None and len(starts) > max_pairs:
+        # Spacing (len - 1) / (max_pairs - 1) > 1, so the rounded positions are distinct.
+        positions = np.linspace(0, len(starts) - 1, max_pairs).round().astype(int)
+        starts = [starts[p] for p in positions]
+    return [(t, t + gap) for t in starts]
+
+
+def resize_short_side(image: np.ndarray, short_side: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """Resize ``image`` so its short side is ``short_side`` px, keeping the aspect ratio.
+
+    Returns the image and the factors ``(sx, sy) = (new_w / old_w, new_h / old_h)`` actually
+    applied (they differ slightly after rounding). Shrinking averages (``INTER_AREA``),
+    growing interpolates (``INTER_LINEAR``). Raises ``ValueError`` for ``short_side < 1``.
+    """
+    if short_side < 1:
+        raise ValueError(f"short_side must be >= 1, got {short_side}")
+    height, width = image.shape[:2]
+    factor = short_side / min(height, width)
+    if height <= width:
+        new_h, new_w = short_side, max(1, round(width * factor))
+    else:
+        new_h, new_w = max(1, round(height * factor)), short_side
+    if (new_h, new_w) == (height, width):
+        return image, (1.0, 1.0)
+    interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    return resized, (new_w / width, new_h / height)
+
+
+# Decoders as subprocesses ----------------------------------------------------------------------
+
+
+class _Decoder:
+    """A decoder subprocess: its stdout read against a deadline, its stderr drained.
+
+    Anything the process writes counts as a sign of life; ffmpeg's ``showinfo`` lines on
+    stderr (one per decoded frame) are counted in ``decoded`` and kept out of ``tail``, the
+    last other lines, which explain failures. Use as a context manager: leaving it kills and
+    reaps the process.
+    """
+
+    def __init__(self, cmd: list[str], path: Path, name: str, timeout: float) -> None:
+        self.path, self.name, self.timeout = path, name, timeout
+        self.decoded = 0
+        self.tail: collections.deque[str] = collections.deque(maxlen=20)
+        self.last_activity = time.monotonic()
+        self.process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            env=_child_env(),
+        )
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            self.last_activity = time.monotonic()
+            line = raw.decode(errors="replace").rstrip()
+            if "[Parsed_showinfo" not in line:
+                self.tail.append(line)
+            elif " n:" in line:
+                self.decoded += 1
+
+    def read(self, size: int) -> bytearray | None:
+        """Exactly ``size`` bytes of stdout, or None if it ends first.
+
+        Raises :class:`DecodeTimeout` after ``timeout`` seconds without any output.
+        """
+        stdout = self.process.stdout
+        assert stdout is not None
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            if select.select([stdout], [], [], _POLL_S)[0]:
+                count = stdout.readinto(view[got:])  # type: ignore[attr-defined]
+                if not count:
+                    return None
+                got += count
+                self.last_activity = time.monotonic()
+            elif time.monotonic() - self.last_activity > self.timeout:
+                raise DecodeTimeout(
+                    self.path, f"{self.name} decoded no frame for {self.timeout:g} s"
+                )
+        return buffer
+
+    def close(self) -> None:
+        """Kill the process if it still runs, reap it, and collect the rest of its stderr."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._stderr_reader.join()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+    def complaint(self) -> str:
+        return ffmpeg_complaint(self.tail)
+
+    def __enter__(self) -> _Decoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_POLL_S = 0.1  # how often a blocked read wakes up to check the deadline
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of a decoder subprocess, with this copy of cmpdata importable."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+# decord -----------------------------------------------------------------------------------------
+
+# Messages of the decord subprocess: kind, value (count or frame index), height, width, then
+# nbytes of payload (frame RGB bytes or error text). Kinds: C count, A alive, F frame, E end,
+# X error.
+_HEADER = struct.Struct("<cqiiq")
+_SKIP_CHUNK = 16  # frames skipped between two "alive" messages
+_DECORD_CHILD = "from cmpdata.decode import _decord_main; _decord_main()"
+
+
+def _decord_main() -> None:
+    """Entry point of the decord subprocess.
+
+    ``sys.argv[1]`` is the video, ``sys.argv[2]`` a file of wanted frame indices (ascending,
+    whitespace-separated). Writes the count, then each wanted frame (skipping the others
+    without converting them), then an end or error message.
+    """
+    out = os.fdopen(os.dup(1), "wb")
+    # Whatever the C libraries print must not corrupt the message stream: send it to stderr.
+    os.dup2(2, 1)
+
+    def send(
+        kind: bytes, value: int = 0, shape: tuple[int, ...] = (0, 0), data: bytes = b""
+    ) -> None:
+        out.write(_HEADER.pack(kind, value, shape[0], shape[1], len(data)))
+        out.write(data)
+        out.flush()
+
+    try:
+        import decord
+
+        path, index_file = sys.argv[1], sys.argv[2]
+        indices = [int(word) for word in Path(index_file).read_text().split()]
+        reader = decord.VideoReader(path)
+        send(b"C", len(reader))
+        position = 0
+        for index in indices:
+            while position < index:
+                step = min(index - position, _SKIP_CHUNK)
+                reader.skip_frames(step)
+                position += step
+                send(b"A")
+            frame = reader.next().asnumpy()
+            position = index + 1
+            send(b"F", index, frame.shape, np.ascontiguousarray(frame).tobytes())
+        send(b"E")
+    except StopIteration:
+        send(b"E")
+    except Exception as exc:  # whatever decord raises goes to the parent as text
+        send(b"X", data=_decord_reason(exc).encode())
+
+
+def _decord_reason(exc: BaseException) -> str:
+    """decord's message without its timestamp and C++ source location."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return text.split(": ", 1)[1] if text.startswith("[") and ": " in text else text
+
+
+def _decord_messages(
+    path: Path, indices: Sequence[int], timeout: float
+) -> Iterator[tuple[bytes, int, np.ndarray | None]]:
+    """Runs :func:`_decord_main` and yields its messages ``(kind, value, frame or None)``
+    until the end message.
+
+    The subprocess is killed and reaped however this generator ends. Raises
+    :class:`DecodeTimeout` after ``timeout`` seconds without a message, :class:`DecodeError`
+    if decord reports an error, finds no frames, or its process dies.
+    """
+    with tempfile.TemporaryDirectory(prefix="cmp-decord-") as scratch:
+        index_file = Path(scratch) / "indices.txt"
+        index_file.write_text(" ".join(map(str, indices)))
+        cmd = [sys.executable, "-c", _DECORD_CHILD, str(path), str(index_file)]
+        with _Decoder(cmd, path, "decord", timeout) as child:
+            while True:
+                header = child.read(_HEADER.size)
+                payload = None
+                if header is not None:
+                    kind, value, height, width, nbytes = _HEADER.unpack(header)
+                    payload = child.read(nbytes)
+                if payload is None:
+                    child.close()
+                    raise DecodeError(
+                        path,
+                        f"decord died (exit code {child.process.returncode}): {child.complaint()}",
+                    )
+                if kind == b"X":
+                    raise DecodeError(path, f"decord: {payload.decode(errors='replace')}")
+                if kind == b"C" and value == 0:
+                    raise DecodeError(path, "decord: the video stream holds no frames")
+                if kind == b"E":
+                    return
+                frame = (
+                    np.frombuffer(payload, np.uint8).reshape(height, width, 3)
+                    if kind == b"F"
+                    else None
+                )
+                yield kind, value, frame
+
+
+def decord_frame_count(path: str | Path, timeout: float = 30.0) -> int:
+    """decord's frame count of a video (from the container's index), in a killable subprocess.
+
+    Raises :class:`DecodeError` if decord cannot open the file, :class:`DecodeTimeout` if it
+    gives no answer within ``timeout`` seconds.
+    """
+    path = Path(path)
+    messages = _decord_messages(path, (), timeout)
+    try:
+        for kind, value, _ in messages:
+            if kind == b"C":
+                return value
+    finally:
+        messages.close()
+    raise DecodeError(path, "decord gave no frame count")
+
+
+def _read_decord(
+    path: Path, indices: Sequence[int], timeout: float, size: tuple[int, int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    for _, index, frame in _decord_messages(path, indices, timeout):
+        if frame is not None:
+            yield index, frame
+
+
+# ffmpeg -----------------------------------------------------------------------------------------
+
+
+def _select_expression(indices: Sequence[int]) -> str:
+    """An ffmpeg ``select`` expression true exactly for frame numbers in ``indices`` (sorted)."""
+    terms = []
+    start = previous = indices[0]
+    for index in [*indices[1:], None]:
+        if index is not None and index == previous + 1:
+            previous = index
+            continue
+        terms.append(f"eq(n,{start})" if start == previous else f"between(n,{start},{previous})")
+        if index is not None:
+            start = previous = index
+    return "+".join(terms)
+
+
+def _read_ffmpeg(
+    path: Path, indices: Sequence[int], timeout: float, size: tuple[int, int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    width, height = size
+    yielded = 0
+    with tempfile.TemporaryDirectory(prefix="cmp-ffmpeg-") as scratch:
+        # The filter goes in a file: a long index list would overflow the command line.
+        # showinfo logs every decoded frame (the heartbeat); select passes only wanted ones.
+        script = Path(scratch) / "filter.txt"
+        script.write_text(f"showinfo=checksum=0,select='{_select_expression(indices)}'")
+        cmd = [
+            ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info",
+            "-i", str(path), "-map", "0:V:0", "-/vf", str(script),
+            "-fps_mode", "passthrough", "-flush_packets", "1",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+        ]  # fmt: skip
+        # Leaving the block kills ffmpeg, also once every wanted frame has come: the rest
+        # of the video is not needed.
+        with _Decoder(cmd, path, "ffmpeg", timeout) as ffmpeg:
+            for index in indices:
+                buffer = ffmpeg.read(width * height * 3)
+                if buffer is None:
+                    break
+                yielded += 1
+                yield index, np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
+    if yielded == 0 and ffmpeg.decoded == 0:
+        raise DecodeError(path, f"ffmpeg decoded no frame: {ffmpeg.complaint()}")
+
+
+# The interface ---------------------------------------------------------------------------------
+
+_Reader = Callable[[Path, Sequence[int], float, tuple[int, int]], Iterator[tuple[int, np.ndarray]]]
+
+
+def _read_auto(
+    path: Path, indices: Sequence[int], timeout: float, size: tuple[int, int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """decord, then ffmpeg for the frames still wanted if decord fails (not if it hangs)."""
+    last = -1
+    try:
+        for index, frame in _read_decord(path, indices, timeout, size):
+            last = index
+            yield index, frame
+    except DecodeTimeout:
+        raise
+    except DecodeError as decord_error:
+        rest = [i for i in indices if i > last]
+        if not rest:
+            return
+        try:
+            yield from _read_ffmpeg(path, rest, timeout, size)
+        except DecodeTimeout:
+            raise
+        except DecodeError as ffmpeg_error:
+            raise DecodeError(
+                path, f"{ffmpeg_error.reason} (after decord failed: {decord_error.reason})"
+            ) from ffmpeg_error
+
+
+_READERS: dict[str, _Reader] = {"auto": _read_auto, "decord": _read_decord, "ffmpeg": _read_ffmpeg}
+
+
+def _read_folder(source: Source, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    for index in indices:
+        if index >= len(source.frames):
+            return
+        file = Path(source.path) / source.frames[index]
+        image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if image is None:
+            raise DecodeError(file, "cannot read the image")
+        yield index, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_frames(
+    source: Source,
+    indices: Iterable[int],
+    *,
+    decoder: str = "auto",
+    timeout: float = 30.0,
+    info: VideoInfo | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, frame)`` for the wanted frame indices, ascending, each once, streamed.
+
+    Frames are RGB uint8 ``(H, W, 3)``, upright (display rotation applied), of the size in
+    ``info`` (probed when None). Frame folders ignore ``decoder`` and ``timeout``. When
+    the stream ends before some index, the iteration just stops: the caller sees which
+    indices never came.
+
+    Raises ``ValueError`` for a negative index or an unknown decoder, :class:`DecodeError`
+    when not a single frame decodes, an image is unreadable or a frame has the wrong size,
+    :class:`DecodeTimeout` when no frame is decoded for ``timeout`` seconds (the decoder is
+    killed; no other decoder is tried).
+    """
+    if decoder not in _READERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
+    wanted = sorted(set(indices))
+    if wanted and wanted[0] < 0:
+        raise ValueError(f"frame indices must be >= 0, got {wanted[0]}")
+    if not wanted:
+        return
+    info = probe(source, timeout) if info is None else info
+    path = Path(source.path)
+    if source.kind == "frames":
+        frames = _read_folder(source, wanted)
+    else:
+        frames = _READERS[decoder](path, wanted, timeout, (info.width, info.height))
+    for index, frame in frames:
+        if frame.shape[:2] != (info.height, info.width):
+            name = f" ({source.frames[index]})" if source.kind == "frames" else ""
+            raise DecodeError(
+                path,
+                f"frame {index}{name} is {frame.shape[1]}x{frame.shape[0]}, "
+                f"the source is {info.width}x{info.height}",
+            )
+        yield index, frame
+
+
+def _make_pair(
+    source_id: str,
+    t0: int,
+    t1: int,
+    frame0: np.ndarray,
+    frame1: np.ndarray,
+    config: PairConfig,
+    crop: CropFn | None,
+) -> FramePair:
+    box = None
+    if crop is not None:
+        box = crop(frame0, frame1)
+        x0, y0, x1, y1 = box
+        height, width = frame0.shape[:2]
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ValueError(f"crop box {box} does not fit a {width}x{height} frame")
+        frame0, frame1 = frame0[y0:y1, x0:x1], frame1[y0:y1, x0:x1]
+    scale = (1.0, 1.0)
+    if config.short_side is not None:
+        frame0, scale = resize_short_side(frame0, config.short_side)
+        frame1, _ = resize_short_side(frame1, config.short_side)
+    return FramePair(source_id, t0, t1, frame0, frame1, crop=box, scale=scale)
+
+
+def iter_pairs(
+    source: Source,
+    config: PairConfig,
+    info: VideoInfo | None = None,
+    crop: CropFn | None = None,
+) -> Iterator[FramePair | Dropped]:
+    """Frame pairs of one source, cropped and resized, then a Dropped for each pair lost.
+
+    Probes when ``info`` is None, plans :func:`pair_indices`, and streams the frames they
+    need, holding only first frames still waiting for their second. ``crop`` (e.g. a
+    letterbox detector) picks one box for both frames of a pair. When the video ends early
+    (truncated, over-reported frame count), each planned pair that could not be formed is
+    yielded as ``Dropped(stage="decode")`` after the pairs.
+
+    Raises :class:`SourceError` for a source under ``config.min_side`` or with fewer than
+    ``gap + 1`` frames, and whatever :func:`probe` and :func:`read_frames` raise.
+    """
+    info = probe(source, config.timeout) if info is None else info
+    check_source_size(source, info, config.min_side)
+    if info.num_frames < config.gap + 1:
+        raise SourceError(
+            source.path,
+            f"{info.num_frames} frames, fewer than gap + 1 = {config.gap + 1}",
+        )
+    planned = pair_indices(info.num_frames, config.gap, config.stride, config.max_pairs_per_video)
+    firsts = {t0 for t0, _ in planned}
+    seconds = {t1 for _, t1 in planned}
+    held: dict[int, np.ndarray] = {}
+    formed: set[int] = set()
+    last = -1
+    frames = read_frames(
+        source, firsts | seconds, decoder=config.decoder, timeout=config.timeout, info=info
+    )
+    # closing(): a consumer that stops early stops the decoder at once, not when collected.
+    with contextlib.closing(frames):
+        for index, frame in frames:
+            last = index
+            t0 = index - config.gap
+            if index in seconds and t0 in held:
+                formed.add(t0)
+                yield _make_pair(source.id, t0, index, held.pop(t0), frame, config, crop)
+            if index in firsts:
+                held[index] = frame
+    for t0, t1 in planned:
+        if t0 not in formed:
+            missing = t1 if t0 in held else t0
+            yield Dropped(
+                source.id,
+                t0,
+                t1,
+                stage="decode",
+                reason=f"frame {missing} missing: the video ended before it "
+                f"(last frame read: {last}, {info.num_frames} counted by the probe)",
+            )

@@ -1,0 +1,86 @@
+"""The per-sample stages chained in one process: frame pairs -> flow -> filters -> guidance.
+
+This is the plain-Python path through the stages, used by ``cmpdata preview``, the demo,
+and as the baseline the Ray pipeline is measured against. The Ray pipeline runs the same
+stage functions, spread over workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from cmpdata.decode import PairConfig, iter_pairs
+from cmpdata.filters import FilterConfig, check_flow, check_frames
+from cmpdata.flow import FlowBackend
+from cmpdata.flow.consistency import forward_backward
+from cmpdata.guidance import GuidanceSampler
+from cmpdata.records import Dropped, FlowSample, FramePair, GuidedSample, Source
+from cmpdata.seeding import sample_rng, sample_seed
+
+
+@dataclass
+class StageSettings:
+    """Everything that decides what a sample contains (not how fast it is made)."""
+
+    pairs: PairConfig = field(default_factory=PairConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    seed: int = 0  # global seed; each sample's guidance is drawn from (seed, sample id)
+    consistency: bool = False  # compute a forward-backward validity mask (doubles flow work)
+
+
+def compute_flows(
+    pairs: Sequence[FramePair], flow: FlowBackend, consistency: bool
+) -> list[FlowSample]:
+    """Dense flow for a batch of pairs, with validity masks when ``consistency`` is set."""
+    frames0 = [p.frame0 for p in pairs]
+    frames1 = [p.frame1 for p in pairs]
+    if consistency:
+        return [
+            FlowSample(p, f, v)
+            for p, (f, v) in zip(pairs, forward_backward(flow, frames0, frames1), strict=True)
+        ]
+    return [FlowSample(p, f) for p, f in zip(pairs, flow(frames0, frames1), strict=True)]
+
+
+def guide(sample: FlowSample, sampler: GuidanceSampler, seed: int) -> GuidedSample:
+    """Draw the guidance of one sample from its own seeded generator."""
+    guidance = sampler(sample.flow, sample_rng(seed, sample.sample_id), sample.valid)
+    return GuidedSample(sample, guidance, sample_seed(seed, sample.sample_id))
+
+
+def finish_batch(
+    pairs: Sequence[FramePair],
+    flow: FlowBackend,
+    sampler: GuidanceSampler,
+    settings: StageSettings,
+) -> Iterator[GuidedSample | Dropped]:
+    """Flow, flow-based filters and guidance for a batch of pairs that passed the frame filters."""
+    for sample in compute_flows(pairs, flow, settings.consistency):
+        dropped = check_flow(sample, settings.filters)
+        yield dropped if dropped is not None else guide(sample, sampler, settings.seed)
+
+
+def process_source(
+    source: Source,
+    flow: FlowBackend,
+    sampler: GuidanceSampler,
+    settings: StageSettings,
+    batch_size: int = 8,
+) -> Iterator[GuidedSample | Dropped]:
+    """Every sample of one source, in frame order, or the reason each pair was dropped.
+
+    Raises :class:`cmpdata.errors.SourceError` (or a subclass) when the source as a whole
+    cannot be used: missing, corrupt, too small, shorter than the gap.
+    """
+    batch: list[FramePair] = []
+    for item in iter_pairs(source, settings.pairs, crop=settings.filters.crop):
+        dropped = item if isinstance(item, Dropped) else check_frames(item, settings.filters)
+        if dropped is not None:
+            yield dropped
+            continue
+        batch.append(item)
+        if len(batch) >= batch_size:
+            yield from finish_batch(batch, flow, sampler, settings)
+            batch = []
+    yield from finish_batch(batch, flow, sampler, settings)

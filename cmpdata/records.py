@@ -1,0 +1,200 @@
+"""Typed records passed between the stages: source -> frame pair -> flow sample -> guided sample.
+
+Conventions, everywhere in the project:
+- images are ``uint8`` arrays of shape ``(H, W, 3)``, RGB;
+- a flow is a ``float32`` array of shape ``(H, W, 2)`` in pixels, x (to the right) then y
+  (downwards), pointing from the first frame of a pair to the second;
+- a validity mask is a ``bool`` array of shape ``(H, W)``, True where the flow is trusted;
+- guidance points are ``(K, 2)`` ``float32`` pixel coordinates (x, y) with their ``(K, 2)``
+  flow vectors.
+
+Records check their own shapes and dtypes when built, so a stage that hands on something
+malformed fails at its boundary, with the shapes in the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+SourceKind = Literal["video", "frames"]
+
+
+def check_image(name: str, image: np.ndarray) -> None:
+    if not (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+    ):
+        raise ValueError(
+            f"{name} must be a uint8 (H, W, 3) RGB array, got "
+            f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}"
+        )
+
+
+def check_flow(name: str, flow: np.ndarray, size: tuple[int, int] | None = None) -> None:
+    """Raise ``ValueError`` unless ``flow`` is float32 (H, W, 2), optionally of ``size`` (H, W)."""
+    if not (
+        isinstance(flow, np.ndarray)
+        and flow.dtype == np.float32
+        and flow.ndim == 3
+        and flow.shape[2] == 2
+    ):
+        raise ValueError(
+            f"{name} must be a float32 (H, W, 2) array, got "
+            f"{getattr(flow, 'dtype', type(flow).__name__)} {getattr(flow, 'shape', '')}"
+        )
+    if size is not None and flow.shape[:2] != tuple(size):
+        raise ValueError(f"{name} has size {flow.shape[:2]}, expected {tuple(size)}")
+
+
+def check_mask(name: str, mask: np.ndarray, size: tuple[int, int]) -> None:
+    if not (isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == size):
+        raise ValueError(
+            f"{name} must be a bool array of shape {size}, got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', '')}"
+        )
+
+
+def make_sample_id(source_id: str, t0: int, t1: int) -> str:
+    """The id of the pair (t0, t1) of a source; stable across machines and runs."""
+    return f"{source_id}#{t0:06d}-{t1:06d}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One video file or one folder of frames.
+
+    ``id`` is the path relative to the root it was found under (POSIX separators): it does not
+    change when the collection is moved, and every sample id starts with it.
+    """
+
+    id: str
+    path: Path
+    kind: SourceKind
+    frames: tuple[str, ...] = ()  # frame folders only: file names in natural order
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a source is, as displayed: size after rotation, frame count as far as known."""
+
+    width: int
+    height: int
+    num_frames: int
+    fps: float | None = None
+    rotation: int = 0  # degrees clockwise applied to the stored frames to display them
+
+    @property
+    def short_side(self) -> int:
+        return min(self.width, self.height)
+
+
+@dataclass(frozen=True, eq=False)
+class FramePair:
+    """Two frames of one source, ``t1 = t0 + gap``, already cropped and resized.
+
+    ``crop`` is the (x0, y0, x1, y1) box kept from the decoded frame (letterbox borders
+    removed), ``scale`` the (sx, sy) factors from that box to the stored frames.
+    """
+
+    source_id: str
+    t0: int
+    t1: int
+    frame0: np.ndarray
+    frame1: np.ndarray
+    crop: tuple[int, int, int, int] | None = None
+    scale: tuple[float, float] = (1.0, 1.0)
+    sample_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        check_image("frame0", self.frame0)
+        check_image("frame1", self.frame1)
+        if self.frame0.shape != self.frame1.shape:
+            raise ValueError(
+                f"frames of a pair differ in shape: {self.frame0.shape} vs {self.frame1.shape}"
+            )
+        if self.t1 <= self.t0:
+            raise ValueError(f"t1 ({self.t1}) must come after t0 ({self.t0})")
+        object.__setattr__(self, "sample_id", make_sample_id(self.source_id, self.t0, self.t1))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the frames."""
+        return self.frame0.shape[0], self.frame0.shape[1]
+
+
+@dataclass(frozen=True, eq=False)
+class FlowSample:
+    """A frame pair with its dense forward flow and, when computed, its validity mask."""
+
+    pair: FramePair
+    flow: np.ndarray
+    valid: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        check_flow("flow", self.flow, self.pair.size)
+        if self.valid is not None:
+            check_mask("valid", self.valid, self.pair.size)
+
+    @property
+    def sample_id(self) -> str:
+        return self.pair.sample_id
+
+
+@dataclass(frozen=True, eq=False)
+class Guidance:
+    """Sparse flow vectors at ``points`` (x, y pixel coordinates)."""
+
+    points: np.ndarray
+    vectors: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name, arr in (("points", self.points), ("vectors", self.vectors)):
+            if not (
+                isinstance(arr, np.ndarray)
+                and arr.dtype == np.float32
+                and arr.ndim == 2
+                and arr.shape[1] == 2
+            ):
+                raise ValueError(
+                    f"guidance {name} must be float32 (K, 2), got "
+                    f"{getattr(arr, 'dtype', None)} {getattr(arr, 'shape', None)}"
+                )
+        if len(self.points) != len(self.vectors):
+            raise ValueError(f"{len(self.points)} guidance points but {len(self.vectors)} vectors")
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass(frozen=True, eq=False)
+class GuidedSample:
+    """A flow sample with the guidance drawn for it and the seed that drew it."""
+
+    sample: FlowSample
+    guidance: Guidance
+    seed: int
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A pair (or a whole source, with ``t0 = t1 = -1``) left out of the dataset, and why.
+
+    ``stage`` names where it was dropped (``"source"``, ``"decode"``, ``"filter:static"``...),
+    ``reason`` is a human-readable sentence naming the file or the measured value.
+    """
+
+    source_id: str
+    t0: int
+    t1: int
+    stage: str
+    reason: str
+
+    @property
+    def sample_id(self) -> str:
+        return make_sample_id(self.source_id, self.t0, self.t1)

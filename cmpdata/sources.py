@@ -1,0 +1,314 @@
+"""Finding sources (video files and folders of frames) and probing what they hold.
+
+Inputs to :func:`find_sources` may be, in any mix:
+
+- a video file (``.mp4 .avi .mkv .webm .mov``, any case): one source, id = its file name;
+- a directory, searched recursively: every video file in it is a source, and every folder
+  that directly holds images (``.jpg .jpeg .png``) is one frame-folder source; ids are paths
+  relative to the directory given (a directory that itself holds frames gets its own name);
+- a glob pattern (``*``, ``?`` or ``[`` in it, ``**`` allowed): each match is treated as a
+  file or directory above, ids relative to the pattern's non-glob leading directory;
+- ``@list.txt``: one path or pattern per line, blank lines and ``#`` comments ignored,
+  relative lines resolved against the list file's folder.
+
+Dataset layouts need no special case: in YouTube-VOS (``JPEGImages/<video_id>/00000.jpg``)
+and VIP (``Images/<video>/*.jpg``) each video folder directly holds its frames, so each is one
+source. Give the ``JPEGImages`` (or ``Images``) folder, or a pattern such as
+``ytvos/*/JPEGImages``: searching the dataset root would also take the annotation folders
+(PNG masks) as frame folders. Hidden files and folders (names starting with ``.``) are
+skipped; symbolic links to folders are not followed.
+
+Ids are POSIX paths, stable when a collection moves. The same file reached twice is kept
+once, with the id given by the first input that reached it; two different files with the
+same id (e.g. ``a/x.mp4`` and ``b/x.mp4`` given as two directories) raise
+:class:`SourceError` naming both: pass their common parent instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import re
+import subprocess
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import cv2
+
+from cmpdata.errors import DecodeError, DecodeTimeout, SourceError
+from cmpdata.media import ffmpeg_exe
+from cmpdata.records import Source, VideoInfo
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def natural_key(name: str) -> tuple[object, ...]:
+    """Sort key putting ``frame2`` before ``frame10`` (digit runs compare as numbers)."""
+    # re.split with a group alternates text, digits, text...: equal positions hold equal types.
+    parts = re.split(r"(\d+)", name)
+    return (*(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)), name)
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _frame_names(folder: Path) -> tuple[str, ...]:
+    names = [
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.is_file() and not entry.name.startswith(".") and _is_image(entry.name)
+    ]
+    return tuple(sorted(names, key=natural_key))
+
+
+def _from_file(path: Path, source_id: str) -> Source:
+    if not _is_video(path):
+        raise SourceError(
+            path,
+            f"unsupported file type {path.suffix or '(no suffix)'!r}: expected a video "
+            f"({' '.join(sorted(VIDEO_SUFFIXES))}), a folder of frames, a directory, "
+            "a glob pattern or @list.txt",
+        )
+    return Source(id=source_id, path=path, kind="video")
+
+
+def _walk(root: Path, id_root: Path) -> Iterator[Source]:
+    """Videos and frame folders under ``root``, with ids relative to ``id_root``."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(folder)
+        rel = here.relative_to(id_root).as_posix()
+        frames = _frame_names(here)
+        if frames:
+            folder_id = here.resolve().name if rel == "." else rel
+            yield Source(id=folder_id, path=here, kind="frames", frames=frames)
+        for name in sorted(files):
+            file = here / name
+            if not name.startswith(".") and _is_video(file):
+                yield Source(id=file.relative_to(id_root).as_posix(), path=file, kind="video")
+
+
+def _glob_root(pattern: str) -> Path:
+    """The leading directories of ``pattern`` before its first glob character."""
+    fixed = itertools.takewhile(lambda part: not _GLOB_CHARS.search(part), Path(pattern).parts)
+    return Path(*fixed)
+
+
+def _expand(entry: str) -> list[Source]:
+    """The sources named by one input (a path, a pattern or @list); see the module doc."""
+    if entry.startswith("@"):
+        return _expand_list(Path(entry[1:]))
+    if _GLOB_CHARS.search(entry):
+        root = _glob_root(entry)
+        found: list[Source] = []
+        for match in sorted(glob.glob(entry, recursive=True)):
+            path = Path(match)
+            if path.is_dir():
+                found.extend(_walk(path, root))
+            elif _is_video(path):
+                found.append(Source(path.relative_to(root).as_posix(), path, "video"))
+        if not found:
+            raise SourceError(entry, "no videos or frame folders found")
+        return found
+    path = Path(entry)
+    if path.is_dir():
+        found = list(_walk(path, path))
+        if not found:
+            raise SourceError(path, "no videos or frame folders found")
+        return found
+    if path.is_file():
+        return [_from_file(path, path.name)]
+    raise SourceError(path, "no such file or directory")
+
+
+def _expand_list(list_file: Path) -> list[Source]:
+    try:
+        lines = list_file.read_text().splitlines()
+    except FileNotFoundError:
+        raise SourceError(list_file, "no such file or directory") from None
+    found: list[Source] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            raise SourceError(list_file, f"line {number}: list files cannot include other lists")
+        found.extend(_expand(str(list_file.parent / line)))
+    if not found:
+        raise SourceError(list_file, "no videos or frame folders found")
+    return found
+
+
+def find_sources(inputs: Sequence[str | Path]) -> list[Source]:
+    """All sources named by ``inputs`` (paths, directories, patterns, ``@lists``), by id.
+
+    Raises :class:`SourceError` for a missing path, an input that finds nothing, a single
+    file of an unsupported type, or two different files that would share one id.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        raise ValueError(f"find_sources takes a list of inputs, got the single input {inputs!r}")
+    by_id: dict[str, Source] = {}
+    seen: set[Path] = set()
+    for entry in inputs:
+        for source in _expand(str(entry)):
+            real = source.path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            other = by_id.get(source.id)
+            if other is not None:
+                raise SourceError(
+                    source.path,
+                    f"id {source.id!r} is already used by {other.path}; "
+                    "give their common parent directory instead",
+                )
+            by_id[source.id] = source
+    return [by_id[key] for key in sorted(by_id)]
+
+
+_STREAM = re.compile(r"^\s*Stream #\d+:\d+.*?: Video: (.*)$")
+_SIZE = re.compile(r"(?<![\w.])([1-9]\d*)x([1-9]\d*)(?!\w)")
+_FPS = re.compile(r"(\d+(?:\.\d+)?)(k?) (?:fps|tbr)")
+_DISPLAY_MATRIX = re.compile(r"display ?matrix: rotation of (-?\d+(?:\.\d+)?) degrees", re.I)
+_ROTATE_TAG = re.compile(r"^\s*rotate\s*:\s*(-?\d+(?:\.\d+)?)\s*$")
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def _video_block(stderr: str) -> tuple[str, list[str]] | None:
+    """The first real video stream's line in ``ffmpeg -i`` output and the lines under it."""
+    lines = stderr.splitlines()
+    for i, line in enumerate(lines):
+        match = _STREAM.match(line)
+        if match and "(attached pic)" not in line:
+            rest = []
+            for below in lines[i + 1 :]:
+                if below.lstrip().startswith("Stream #") or not below.startswith("    "):
+                    break
+                rest.append(below)
+            return match.group(1), rest
+    return None
+
+
+def _rotation(block: list[str]) -> int:
+    """Clockwise display rotation in degrees (0, 90, 180 or 270) from a stream's side data."""
+    for line in block:
+        if m := _DISPLAY_MATRIX.search(line):
+            # ffmpeg prints the display matrix's angle counter-clockwise.
+            return round(-float(m.group(1)) / 90) % 4 * 90
+        if m := _ROTATE_TAG.match(line):
+            return round(float(m.group(1)) / 90) % 4 * 90
+    return 0
+
+
+_LOG_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
+
+
+def ffmpeg_complaint(lines: Iterable[str]) -> str:
+    """The causes in ffmpeg's log lines (the last three distinct ones), joined by ``"; "``."""
+    causes: list[str] = []
+    last = ""
+    for line in lines:
+        last = line.strip() or last
+        # Only lines logged by an ffmpeg component ("[in#0 @ 0x...] ...") carry the cause.
+        if not _LOG_PREFIX.match(line):
+            continue
+        text = _LOG_PREFIX.sub("", line).strip().removeprefix("Error opening input: ")
+        if text and "misdetection possible" not in text and text not in causes:
+            causes.append(text)
+    return "; ".join(causes[-3:]) or last or "ffmpeg gave no reason"
+
+
+def _decord_count(path: Path, timeout: float) -> int | None:
+    """decord's frame count, from a killable child; None if decord cannot open the file."""
+    # Imported here: decode builds on this module, and probing only needs this one call.
+    from cmpdata.decode import decord_frame_count
+
+    try:
+        return decord_frame_count(path, timeout)
+    except DecodeTimeout:
+        raise
+    except DecodeError:
+        return None
+
+
+def _probe_video(path: Path, timeout: float) -> VideoInfo:
+    if not path.exists():
+        raise SourceError(path, "no such file or directory")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DecodeError(path, "empty file")
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)]
+    try:
+        done = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise DecodeTimeout(path, f"ffmpeg -i gave no answer in {timeout:g} s") from None
+    stderr = done.stderr.decode(errors="replace")
+    if "Input #0" not in stderr:
+        raise DecodeError(path, f"not a readable video: {ffmpeg_complaint(stderr.splitlines())}")
+    found = _video_block(stderr)
+    if found is None:
+        raise DecodeError(path, "no video stream")
+    line, block = found
+    size = _SIZE.search(line)
+    if size is None:
+        raise DecodeError(path, f"no frame size in the video stream line: {line.strip()}")
+    width, height = int(size.group(1)), int(size.group(2))
+    fps = None
+    if m := _FPS.search(line):
+        fps = float(m.group(1)) * (1000 if m.group(2) else 1)
+    rotation = _rotation(block)
+    if rotation in (90, 270):
+        width, height = height, width
+    num_frames = _decord_count(path, timeout)
+    if num_frames is None:
+        # decord could not index the file; the container's duration is the next best guess.
+        duration = _DURATION.search(stderr)
+        if duration is None or fps is None:
+            raise DecodeError(path, "cannot count frames: decord fails and no duration is given")
+        hours, minutes, seconds = duration.groups()
+        num_frames = round((int(hours) * 3600 + int(minutes) * 60 + float(seconds)) * fps)
+    return VideoInfo(width, height, num_frames, fps, rotation)
+
+
+def probe(source: Source, timeout: float = 30.0) -> VideoInfo:
+    """Display size, frame count, frame rate and rotation of a source, without decoding it all.
+
+    Frame folders: the size of the first image, one frame per file, no fps. Video files:
+    size, fps and rotation are parsed from ``ffmpeg -i``; the frame count is decord's (from
+    the container's index, in a child process that is killed after ``timeout`` seconds), or
+    duration x fps if decord cannot open the file. Either count can over-report (a truncated
+    file, a wrong header): readers stop where the stream really ends.
+
+    Raises :class:`SourceError` for a missing source, :class:`DecodeError` for an empty,
+    corrupt or non-video file or an unreadable first image, :class:`DecodeTimeout` when
+    ffmpeg or decord gives no answer within ``timeout`` seconds.
+    """
+    if source.kind == "video":
+        return _probe_video(Path(source.path), timeout)
+    if not source.frames:
+        raise SourceError(source.path, "no frames in the folder")
+    first = Path(source.path) / source.frames[0]
+    image = cv2.imread(str(first), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DecodeError(first, "cannot read the image")
+    height, width = image.shape[:2]
+    return VideoInfo(width, height, len(source.frames))
+
+
+def check_source_size(source: Source, info: VideoInfo, min_side: int = 64) -> None:
+    """Raise :class:`SourceError` if the source's short side is under ``min_side`` pixels."""
+    if info.short_side < min_side:
+        raise SourceError(
+            source.path,
+            f"short side {info.short_side} px ({info.width}x{info.height}) "
+            f"is under min_side {min_side}",
+        )

@@ -1,0 +1,232 @@
+"""Finding sources in every input form, dataset layouts, stable ids, probing, size checks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cmpdata.errors import CmpDataError, DecodeError, SourceError
+from cmpdata.indexclip import index_frame, write_index_video
+from cmpdata.media import ffmpeg_exe
+from cmpdata.records import Source, VideoInfo
+from cmpdata.sources import check_source_size, find_sources, natural_key, probe
+
+
+def touch(path: Path) -> Path:
+    """An empty file: discovery never opens files, so fixtures need not be real media."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
+def ids(sources) -> list[str]:
+    return [s.id for s in sources]
+
+
+def assert_names(error: pytest.ExceptionInfo, path: Path | str, reason: str) -> None:
+    """Expected failures are CmpDataErrors whose message names the file and the reason."""
+    assert isinstance(error.value, CmpDataError)
+    assert str(path) in str(error.value)
+    assert reason in str(error.value)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    touch(root / "a.mp4")
+    touch(root / "sub" / "B.MKV")
+    touch(root / "sub" / "deeper" / "c.webm")
+    touch(root / "sub" / "notes.txt")
+    for name in ("frame10.jpg", "frame2.jpg", "frame1.jpg", "Frame3.PNG"):
+        touch(root / "shots" / "s1" / name)
+    touch(root / "shots" / "s1" / "readme.txt")
+    touch(root / "shots" / "s1" / "._frame1.jpg")  # macOS metadata, not an image
+    touch(root / ".cache" / "hidden.mp4")
+    (root / "empty").mkdir()
+    return root
+
+
+def test_directory_is_searched_recursively(tree: Path) -> None:
+    sources = find_sources([tree])
+    assert ids(sources) == ["a.mp4", "shots/s1", "sub/B.MKV", "sub/deeper/c.webm"]
+    kinds = {s.id: s.kind for s in sources}
+    assert kinds == {
+        "a.mp4": "video",
+        "shots/s1": "frames",
+        "sub/B.MKV": "video",
+        "sub/deeper/c.webm": "video",
+    }
+    assert sources[1].path == tree / "shots" / "s1"
+
+
+def test_frames_are_in_natural_order(tree: Path) -> None:
+    (folder,) = [s for s in find_sources([tree]) if s.kind == "frames"]
+    assert folder.frames == ("frame1.jpg", "frame2.jpg", "Frame3.PNG", "frame10.jpg")
+    assert sorted(["f10", "f2", "f1", "g"], key=natural_key) == ["f1", "f2", "f10", "g"]
+
+
+def test_single_file_and_frame_folder(tree: Path) -> None:
+    assert ids(find_sources([tree / "sub" / "B.MKV"])) == ["B.MKV"]
+    (folder,) = find_sources([tree / "shots" / "s1"])
+    assert (folder.id, folder.kind, len(folder.frames)) == ("s1", "frames", 4)
+
+
+def test_glob_ids_are_relative_to_the_fixed_prefix(tree: Path) -> None:
+    assert ids(find_sources([f"{tree}/sub/*/*.webm"])) == ["deeper/c.webm"]
+    assert ids(find_sources([f"{tree}/**/*.webm"])) == ["sub/deeper/c.webm"]
+    # A matched directory is searched like a directory given directly.
+    assert ids(find_sources([f"{tree}/sho?s"])) == ["shots/s1"]
+
+
+def test_list_file(tree: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "lists" / "inputs.txt"
+    listing.parent.mkdir()
+    # Relative lines are resolved against the list's folder, not the working directory.
+    listing.write_text(
+        f"# videos to use\n\n../data/a.mp4\n   \n{tree / 'shots'}\n../data/sub/*/*.webm\n"
+    )
+    assert ids(find_sources([f"@{listing}"])) == ["a.mp4", "deeper/c.webm", "s1"]
+    listing.write_text("@other.txt\n")
+    with pytest.raises(SourceError) as error:
+        find_sources([f"@{listing}"])
+    assert_names(error, listing, "line 1: list files cannot include other lists")
+
+
+def test_youtube_vos_layout(tmp_path: Path) -> None:
+    for split in ("train", "valid"):
+        for video in ("003234408d", "0043f083b5"):
+            for t in range(3):
+                touch(tmp_path / "ytvos" / split / "JPEGImages" / video / f"{t * 5:05d}.jpg")
+                touch(tmp_path / "ytvos" / split / "Annotations" / video / f"{t * 5:05d}.png")
+    sources = find_sources([tmp_path / "ytvos" / "train" / "JPEGImages"])
+    assert ids(sources) == ["003234408d", "0043f083b5"]
+    assert sources[0].frames == ("00000.jpg", "00005.jpg", "00010.jpg")
+    both_splits = find_sources([f"{tmp_path}/ytvos/*/JPEGImages"])
+    assert ids(both_splits) == [
+        f"{split}/JPEGImages/{video}"
+        for split in ("train", "valid")
+        for video in ("003234408d", "0043f083b5")
+    ]
+
+
+def test_vip_layout(tmp_path: Path) -> None:
+    for video in ("videos1", "videos2", "videos10"):
+        for name in ("000000000001.jpg", "000000000026.jpg"):
+            touch(tmp_path / "VIP_Fine" / "Images" / video / name)
+        touch(tmp_path / "VIP_Fine" / "Annotations" / "Category_ids" / video / "000000000001.png")
+    sources = find_sources([tmp_path / "VIP_Fine" / "Images"])
+    assert ids(sources) == ["videos1", "videos10", "videos2"]
+    assert all(s.kind == "frames" and len(s.frames) == 2 for s in sources)
+
+
+def test_ids_are_stable_when_the_collection_moves(tree: Path, tmp_path: Path) -> None:
+    before = find_sources([tree])
+    moved = shutil.move(tree, tmp_path / "elsewhere" / "renamed")
+    after = find_sources([moved])
+    assert ids(before) == ids(after)
+    assert all("\\" not in i for i in ids(after))
+
+
+def test_duplicates_are_kept_once_and_collisions_refused(tree: Path, tmp_path: Path) -> None:
+    sources = find_sources([tree, tree / "a.mp4", f"{tree}/*.mp4"])
+    assert ids(sources).count("a.mp4") == 1
+    touch(tmp_path / "other" / "a.mp4")
+    with pytest.raises(SourceError) as error:
+        find_sources([tree, tmp_path / "other"])
+    assert_names(error, tmp_path / "other" / "a.mp4", str(tree / "a.mp4"))
+
+
+def test_inputs_that_find_nothing(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(SourceError) as error:
+        find_sources([tmp_path / "missing.mp4"])
+    assert_names(error, tmp_path / "missing.mp4", "no such file or directory")
+    with pytest.raises(SourceError) as error:
+        find_sources([tree / "empty"])
+    assert_names(error, tree / "empty", "no videos or frame folders found")
+    with pytest.raises(SourceError) as error:
+        find_sources([f"{tree}/*.avi"])
+    assert_names(error, f"{tree}/*.avi", "no videos or frame folders found")
+    with pytest.raises(SourceError) as error:
+        find_sources([tree / "sub" / "notes.txt"])
+    assert_names(error, tree / "sub" / "notes.txt", "unsupported file type '.txt'")
+    with pytest.raises(SourceError) as error:
+        find_sources([f"@{tmp_path / 'nolist.txt'}"])
+    assert_names(error, tmp_path / "nolist.txt", "no such file or directory")
+    comments_only = tmp_path / "comments.txt"
+    comments_only.write_text("# nothing here\n\n")
+    with pytest.raises(SourceError) as error:
+        find_sources([f"@{comments_only}"])
+    assert_names(error, comments_only, "no videos or frame folders found")
+
+
+# probe ------------------------------------------------------------------------------------------
+
+
+def video_source(path: Path) -> Source:
+    return Source(id=path.name, path=path, kind="video")
+
+
+def test_probe_video(tmp_path: Path) -> None:
+    path = write_index_video(tmp_path / "clip.mp4", 20, height=64, width=80, fps=12)
+    assert probe(video_source(path)) == VideoInfo(80, 64, 20, 12.0, 0)
+
+
+def test_probe_rotated_video(tmp_path: Path) -> None:
+    plain = write_index_video(tmp_path / "plain.mov", 5, height=64, width=80)
+    rotated = tmp_path / "rotated.mov"
+    # -display_rotation is counter-clockwise; VideoInfo.rotation is clockwise.
+    remux = [ffmpeg_exe(), "-loglevel", "error", "-display_rotation", "90", "-i", str(plain)]
+    subprocess.run([*remux, "-c", "copy", str(rotated)], check=True)
+    info = probe(video_source(rotated))
+    assert (info.width, info.height, info.rotation, info.num_frames) == (64, 80, 270, 5)
+
+
+def test_probe_frame_folder(tmp_path: Path) -> None:
+    for t in range(3):
+        cv2.imwrite(str(tmp_path / f"{t}.png"), index_frame(t, 48, 72))
+    (source,) = find_sources([tmp_path])
+    assert probe(source) == VideoInfo(72, 48, 3)
+
+
+def test_probe_unreadable_first_image(tmp_path: Path) -> None:
+    (tmp_path / "0.jpg").write_bytes(b"not a jpeg")
+    (source,) = find_sources([tmp_path])
+    with pytest.raises(DecodeError) as error:
+        probe(source)
+    assert_names(error, tmp_path / "0.jpg", "cannot read the image")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"just some text\n" * 20, "not a readable video"),
+        (np.random.default_rng(0).bytes(4000), "not a readable video"),
+    ],
+    ids=["empty", "text", "random-bytes"],
+)
+def test_probe_non_video(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "x.mp4"
+    path.write_bytes(content)
+    with pytest.raises(DecodeError) as error:
+        probe(video_source(path))
+    assert_names(error, path, reason)
+
+
+def test_probe_missing(tmp_path: Path) -> None:
+    with pytest.raises(SourceError) as error:
+        probe(video_source(tmp_path / "gone.mp4"))
+    assert_names(error, tmp_path / "gone.mp4", "no such file or directory")
+
+
+def test_check_source_size() -> None:
+    source = Source("small.mp4", Path("/videos/small.mp4"), "video")
+    check_source_size(source, VideoInfo(64, 100, 10), min_side=64)
+    with pytest.raises(SourceError) as error:
+        check_source_size(source, VideoInfo(80, 40, 10), min_side=64)
+    assert_names(error, "/videos/small.mp4", "short side 40 px (80x40) is under min_side 64")
