@@ -1,0 +1,170 @@
+"""The extraction plan: which samples a dataset holds, decided before any frame is decoded.
+
+The plan lists the usable sources in id order and, for each, its frame pairs in frame order;
+that ordered list is the definition of the dataset. Shard ``i`` holds planned samples
+``[i * shard_size, (i + 1) * shard_size)``. The plan's fingerprint is a hash over the
+ordered sample ids, the configuration and the flow backend's identity: two runs with the
+same fingerprint are meant to produce the same dataset, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from cmpdata.codec import FlowCodec
+from cmpdata.decode import PairConfig, pair_indices
+from cmpdata.errors import CmpDataError
+from cmpdata.filters import FilterConfig
+from cmpdata.guidance import GuidanceConfig
+from cmpdata.records import Dropped, Source, VideoInfo, make_sample_id
+from cmpdata.seeding import stable_hash
+from cmpdata.sources import check_source_size, probe
+
+SPLIT_SALT = "cmp-split"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that decides a dataset's content. Execution settings (workers, GPUs, batch
+    size, cluster address, decoder, timeouts) are not here: they may change between runs."""
+
+    pairs: PairConfig = field(default_factory=PairConfig)
+    flow: str = "dis"  # flow backend name (cmpdata.flow.FLOW_BACKENDS)
+    flow_options: dict[str, Any] = field(default_factory=dict)  # backend settings, e.g. preset
+    consistency: bool = False  # forward-backward validity mask (twice the flow work)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    codec: FlowCodec = field(default_factory=FlowCodec)
+    seed: int = 0  # global seed of the guidance draws
+    val_fraction: float = 0.02  # share of sources (not pairs) in the validation split
+    shard_size: int = 1000  # planned samples per shard
+    jpeg_quality: int = 95  # JPEG quality of the stored first frames
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction <= 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1], got {self.val_fraction}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content-defining settings as JSON-ready data (what the fingerprint hashes)."""
+        data = dataclasses.asdict(self)
+        # How frames are decoded and how long we wait is execution, not content.
+        for key in ("decoder", "timeout"):
+            data["pairs"].pop(key)
+        data["guidance"]["strategies"] = list(self.guidance.strategies)
+        return data
+
+
+def split_of(source_id: str, val_fraction: float) -> str:
+    """``"val"`` for a stable ``val_fraction`` of sources (by a hash of the id), else ``"train"``.
+
+    All pairs of one video fall on one side, so validation never sees a training video.
+    """
+    return "val" if stable_hash(SPLIT_SALT, source_id) / 2**64 < val_fraction else "train"
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    source_id: str
+    t0: int
+    t1: int
+    split: str
+
+    @property
+    def sample_id(self) -> str:
+        return make_sample_id(self.source_id, self.t0, self.t1)
+
+
+@dataclass
+class Plan:
+    """The ordered samples of a dataset and the sources they come from."""
+
+    config: ExtractConfig
+    flow_identity: dict[str, Any]
+    sources: dict[str, Source]  # usable sources by id, in id order
+    infos: dict[str, VideoInfo]
+    skipped: list[Dropped]  # sources left out at planning, with the reason
+    samples: list[PlannedSample]
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.fingerprint = plan_fingerprint(self.samples, self.config, self.flow_identity)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-len(self.samples) // self.config.shard_size)
+
+    def shard(self, index: int) -> list[PlannedSample]:
+        size = self.config.shard_size
+        return self.samples[index * size : (index + 1) * size]
+
+
+def plan_fingerprint(
+    samples: Sequence[PlannedSample], config: ExtractConfig, flow_identity: dict[str, Any]
+) -> str:
+    h = hashlib.sha256()
+    h.update(
+        json.dumps({"config": config.to_dict(), "flow": flow_identity}, sort_keys=True).encode()
+    )
+    for s in samples:
+        h.update(f"{s.sample_id}\t{s.split}\n".encode())
+    return h.hexdigest()
+
+
+def _probe_one(source: Source, config: PairConfig) -> VideoInfo | Dropped:
+    try:
+        info = probe(source, timeout=config.timeout)
+        check_source_size(source, info, config.min_side)
+    except CmpDataError as exc:
+        return Dropped(source.id, -1, -1, "source", str(exc))
+    if info.num_frames < config.gap + 1:
+        reason = f"{source.path}: {info.num_frames} frames, fewer than gap + 1 = {config.gap + 1}"
+        return Dropped(source.id, -1, -1, "source", reason)
+    return info
+
+
+def plan_dataset(
+    sources: Sequence[Source],
+    config: ExtractConfig,
+    flow_identity: dict[str, Any],
+    probe_threads: int = 8,
+    progress: bool = True,
+) -> Plan:
+    """Probe every source (in threads: probing waits on subprocesses) and list the pairs.
+
+    Sources that cannot be used (unreadable, too small, too short) are recorded in
+    ``Plan.skipped`` with the reason, not raised.
+    """
+    ordered = sorted(sources, key=lambda s: s.id)
+    with ThreadPoolExecutor(max_workers=max(1, probe_threads)) as pool:
+        results = list(
+            tqdm(pool.map(lambda s: _probe_one(s, config.pairs), ordered), total=len(ordered),
+                 desc="probing sources", unit="source", disable=not progress or None)
+        )  # fmt: skip
+    usable: dict[str, Source] = {}
+    infos: dict[str, VideoInfo] = {}
+    skipped: list[Dropped] = []
+    samples: list[PlannedSample] = []
+    p = config.pairs
+    for source, result in zip(ordered, results, strict=True):
+        if isinstance(result, Dropped):
+            skipped.append(result)
+            continue
+        usable[source.id] = source
+        infos[source.id] = result
+        split = split_of(source.id, config.val_fraction)
+        for t0, t1 in pair_indices(result.num_frames, p.gap, p.stride, p.max_pairs_per_video):
+            samples.append(PlannedSample(source.id, t0, t1, split))
+    return Plan(config, flow_identity, usable, infos, skipped, samples)

@@ -1,0 +1,17 @@
+"""Fixtures shared by the whole test session. Test data is generated here, never downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmpdata.synth import make_clips
+
+
+@pytest.fixture(scope="session")
+def synth_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small synthetic clips (mp4 + frame folders + ground truth), 96 x 128, 24 frames."""
+    out = tmp_path_factory.mktemp("synth")
+    make_clips(out, 3, seed=0, height=96, width=128, num_frames=24)
+    return out

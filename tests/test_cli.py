@@ -1,0 +1,79 @@
+"""The ``cmpdata`` command as a user runs it: exit codes, messages, outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+from cmpdata.cli import main
+
+
+def test_probe_lists_sources_and_names_skipped_files(synth_clips: Path, tmp_path: Path, capsys):
+    bad = tmp_path / "broken.mp4"
+    bad.write_text("this is not a video")
+    code = main(["probe", str(synth_clips / "clip000.mp4"), str(synth_clips / "clip001"), str(bad)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "clip000.mp4" in out and "96" in out and "128" in out and "24" in out
+    assert "clip001" in out
+    assert "broken.mp4" in err and "Traceback" not in err
+    assert "2 usable, 1 skipped" in out
+
+
+def test_missing_path_is_a_one_line_error(tmp_path: Path):
+    # A real process, to see exactly what a user sees: one line, no traceback, exit 2.
+    proc = subprocess.run(
+        [sys.executable, "-m", "cmpdata.cli", "probe", str(tmp_path / "nope.mp4")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "nope.mp4" in proc.stderr and "no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_preview_writes_one_picture_per_pair(synth_clips: Path, tmp_path: Path, capsys):
+    out = tmp_path / "preview"
+    code = main(
+        ["preview", str(synth_clips / "clip002.mp4"), "--out", str(out),
+         "--short-side", "96", "--max-pairs-per-video", "2", "--consistency"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    pictures = sorted(out.glob("*.png"))
+    assert [p.name for p in pictures] == ["clip002.mp4_000000-000003.png",
+                                          "clip002.mp4_000020-000023.png"]  # fmt: skip
+    image = cv2.imread(str(pictures[0]))
+    assert image is not None and image.shape[0] >= 96 and image.shape[1] > 2 * 128
+
+
+def test_preview_with_only_bad_input_exits_2(tmp_path: Path, capsys):
+    bad = tmp_path / "x.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    assert main(["preview", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "x.mp4" in err and "Traceback" not in err
+
+
+def test_raft_without_weights_says_how_to_supply_them(synth_clips: Path, tmp_path: Path,
+                                                      capsys, monkeypatch):  # fmt: skip
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    code = main(["preview", str(synth_clips / "clip000.mp4"), "--out", str(tmp_path / "o"),
+                 "--flow", "raft-small"])  # fmt: skip
+    assert code == 2
+    assert "--flow-weights" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--clips", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] == 4 and len(list((out / "pictures").glob("*.png"))) == 4
+    # The estimated flow must be far better than no flow at all on the ground truth.
+    assert summary["epe_mean"] < 0.25 * summary["epe_zero_mean"]
