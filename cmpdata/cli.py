@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cmpdata import __version__
+from cmpdata.config import ExtractConfig
 from cmpdata.errors import CmpDataError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
@@ -119,14 +120,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    from cmpdata.config import ExtractConfig
     from cmpdata.decode import PairConfig
     from cmpdata.guidance import GuidanceConfig, build_sampler
-    from cmpdata.process import StageSettings, process_source
+    from cmpdata.process import process_source
     from cmpdata.records import Dropped
     from cmpdata.sources import find_sources
     from cmpdata.viz import flow_figure, save_png
 
-    settings = StageSettings(
+    config = ExtractConfig(
         pairs=PairConfig(
             gap=args.gap,
             stride=args.stride,
@@ -145,7 +147,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     written = failed = 0
     for source in find_sources(args.inputs):
         try:
-            for item in process_source(source, backend, sampler, settings):
+            for item in process_source(source, backend, sampler, config):
                 if isinstance(item, Dropped):
                     print(f"dropped {item.sample_id}: {item.reason}", file=sys.stderr)
                     continue
@@ -165,6 +167,102 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if written == 0:
         return EXIT_ERROR
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+# Sections a --config file may hold besides the command's options: settings with no flag.
+CONFIG_SECTIONS = ("filters", "guidance_options", "codec", "flow_options")
+
+
+def load_config_file(path: str) -> dict:
+    """A YAML mapping of option names (as on the command line, with - or _) and sections."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise CmpDataError(f"{path}: cannot read the configuration ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise CmpDataError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise CmpDataError(f"{path}: a configuration must be a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict:
+    """Pre-read --config: its options become the parser's defaults (flags still win)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return {}
+    data = load_config_file(known.config)
+    sections = {k: data.pop(k) for k in CONFIG_SECTIONS if k in data}
+    extract = parser._subparsers._group_actions[0].choices["extract"]
+    valid = {a.dest for a in extract._actions} - {"help", "config"}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        choices = ", ".join(sorted(valid | set(CONFIG_SECTIONS)))
+        raise CmpDataError(f"{known.config}: unknown keys {unknown}; valid keys: {choices}")
+    for key, value in sections.items():
+        if not isinstance(value, dict):
+            raise CmpDataError(f"{known.config}: {key} must be a mapping")
+    extract.set_defaults(**data)
+    return sections
+
+
+def extract_config(args: argparse.Namespace, sections: dict) -> ExtractConfig:
+    """The dataset configuration from the command's options and the config file's sections."""
+    from cmpdata.codec import FlowCodec
+    from cmpdata.decode import PairConfig
+    from cmpdata.filters import FilterConfig
+    from cmpdata.guidance import GuidanceConfig
+
+    try:
+        return ExtractConfig(
+            pairs=PairConfig(
+                gap=args.gap,
+                stride=args.stride,
+                max_pairs_per_video=args.max_pairs_per_video,
+                short_side=args.short_side,
+                min_side=args.min_side,
+                timeout=args.timeout,
+                decoder=args.decoder,
+            ),
+            flow=args.flow,
+            flow_options=sections.get("flow_options", {}),
+            consistency=args.consistency,
+            filters=FilterConfig(**sections.get("filters", {})),
+            guidance=GuidanceConfig(
+                strategies=args.guidance, **sections.get("guidance_options", {})
+            ),
+            codec=FlowCodec(**sections.get("codec", {})),
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            shard_size=args.shard_size,
+            jpeg_quality=args.jpeg_quality,
+        )
+    except TypeError as exc:  # an unknown field in a config section
+        raise CmpDataError(f"configuration: {exc}") from None
+
+
+def cmd_extract(args: argparse.Namespace, sections: dict) -> int:
+    from pipelines.extract import RunSettings, extract
+
+    config = extract_config(args, sections)
+    run = RunSettings(
+        workers=args.workers,
+        num_gpus=args.num_gpus,
+        batch_size=args.batch_size,
+        address=args.address,
+        overwrite=args.overwrite,
+        flow_weights=args.flow_weights,
+        progress=not args.quiet,
+    )
+    result = extract(args.videos, args.out, config, run)
+    print(result.summary())
+    if not result.complete or result.errors:
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,12 +309,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pair_options(p)
     _add_flow_options(p)
     p.set_defaults(func=cmd_preview, max_pairs_per_video=3)
+
+    p = sub.add_parser("extract", help="build a CMP training set of HDF5 shards from videos")
+    p.add_argument(
+        "--videos",
+        nargs="+",
+        required=True,
+        help="video files, frame folders, directories, globs, @list.txt",
+    )
+    p.add_argument("--out", required=True, help="dataset directory (resumed if it exists)")
+    p.add_argument("--config", help="YAML file of these options (flags given here win)")
+    p.add_argument("--guidance", default="watershed,grid", help="comma-separated samplers")
+    p.add_argument("--seed", type=int, default=0, help="global seed of the guidance draws")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.02, help="share of videos in the validation split"
+    )
+    p.add_argument("--shard-size", type=int, default=1000, help="planned samples per shard")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored frames")
+    _add_pair_options(p)
+    _add_flow_options(p)
+    g = p.add_argument_group("execution (does not change the dataset)")
+    g.add_argument("--workers", type=int, default=None, help="CPU workers (default: all cores)")
+    g.add_argument("--num-gpus", type=int, default=0, help="GPUs in total, one flow actor each")
+    g.add_argument("--batch-size", type=int, default=8, help="pairs per flow batch")
+    g.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset made with other options"
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
     try:
+        sections = _apply_config_file(parser, argv)
+        args = parser.parse_args(argv)
+        if args.func is cmd_extract:
+            return cmd_extract(args, sections)
         return args.func(args)
     except CmpDataError as exc:
         print(f"cmpdata: error: {exc}", file=sys.stderr)

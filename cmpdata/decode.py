@@ -496,10 +496,12 @@ def iter_pairs(
     config: PairConfig,
     info: VideoInfo | None = None,
     crop: CropFn | None = None,
+    pairs: Sequence[tuple[int, int]] | None = None,
 ) -> Iterator[FramePair | Dropped]:
     """Frame pairs of one source, cropped and resized, then a Dropped for each pair lost.
 
-    Probes when ``info`` is None, plans :func:`pair_indices`, and streams the frames they
+    Probes when ``info`` is None, plans :func:`pair_indices` (or takes the given ``pairs``,
+    a part of that plan: the pipeline splits long videos into pieces), and streams the frames they
     need, holding only first frames still waiting for their second. ``crop`` (e.g. a
     letterbox detector) picks one box for both frames of a pair. When the video ends early
     (truncated, over-reported frame count), each planned pair that could not be formed is
@@ -515,7 +517,9 @@ def iter_pairs(
             source.path,
             f"{info.num_frames} frames, fewer than gap + 1 = {config.gap + 1}",
         )
-    planned = pair_indices(info.num_frames, config.gap, config.stride, config.max_pairs_per_video)
+    if pairs is None:
+        pairs = pair_indices(info.num_frames, config.gap, config.stride, config.max_pairs_per_video)
+    planned = [(int(t0), int(t1)) for t0, t1 in pairs]
     firsts = {t0 for t0, _ in planned}
     seconds = {t1 for _, t1 in planned}
     held: dict[int, np.ndarray] = {}

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from cmpdata.config import ExtractConfig
 from cmpdata.decode import PairConfig
 from cmpdata.flow import build_flow, resize_flow
 from cmpdata.guidance import GuidanceConfig, build_sampler
 from cmpdata.metrics import endpoint_error
-from cmpdata.process import StageSettings, process_source
+from cmpdata.process import process_source
 from cmpdata.records import Dropped, GuidedSample
 from cmpdata.sources import find_sources
 from cmpdata.synth import load_ground_truth, make_clips
@@ -74,14 +75,14 @@ def run_demo(
     backend = build_flow(flow)
     guidance = GuidanceConfig()
     sampler = build_sampler(guidance)
-    settings = StageSettings(
+    config = ExtractConfig(
         pairs=PairConfig(max_pairs_per_video=max_pairs_per_video), seed=seed, consistency=True
     )
     rows: list[dict[str, Any]] = []
     dropped: list[Dropped] = []
     sources = find_sources([str(clips_dir / "*.mp4")])
     for source in tqdm(sources, desc="demo clips", unit="clip"):
-        for item in process_source(source, backend, sampler, settings):
+        for item in process_source(source, backend, sampler, config):
             if isinstance(item, Dropped):
                 dropped.append(item)
                 continue

@@ -9,61 +9,23 @@ same fingerprint are meant to produce the same dataset, whatever the number of w
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
 
-from cmpdata.codec import FlowCodec
+from cmpdata.config import ExtractConfig
 from cmpdata.decode import PairConfig, pair_indices
 from cmpdata.errors import CmpDataError
-from cmpdata.filters import FilterConfig
-from cmpdata.guidance import GuidanceConfig
 from cmpdata.records import Dropped, Source, VideoInfo, make_sample_id
 from cmpdata.seeding import stable_hash
 from cmpdata.sources import check_source_size, probe
 
 SPLIT_SALT = "cmp-split"
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything that decides a dataset's content. Execution settings (workers, GPUs, batch
-    size, cluster address, decoder, timeouts) are not here: they may change between runs."""
-
-    pairs: PairConfig = field(default_factory=PairConfig)
-    flow: str = "dis"  # flow backend name (cmpdata.flow.FLOW_BACKENDS)
-    flow_options: dict[str, Any] = field(default_factory=dict)  # backend settings, e.g. preset
-    consistency: bool = False  # forward-backward validity mask (twice the flow work)
-    filters: FilterConfig = field(default_factory=FilterConfig)
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-    codec: FlowCodec = field(default_factory=FlowCodec)
-    seed: int = 0  # global seed of the guidance draws
-    val_fraction: float = 0.02  # share of sources (not pairs) in the validation split
-    shard_size: int = 1000  # planned samples per shard
-    jpeg_quality: int = 95  # JPEG quality of the stored first frames
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.val_fraction <= 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1], got {self.val_fraction}")
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The content-defining settings as JSON-ready data (what the fingerprint hashes)."""
-        data = dataclasses.asdict(self)
-        # How frames are decoded and how long we wait is execution, not content.
-        for key in ("decoder", "timeout"):
-            data["pairs"].pop(key)
-        data["guidance"]["strategies"] = list(self.guidance.strategies)
-        return data
 
 
 def split_of(source_id: str, val_fraction: float) -> str:

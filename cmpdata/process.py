@@ -8,25 +8,15 @@ stage functions, spread over workers.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
-from cmpdata.decode import PairConfig, iter_pairs
-from cmpdata.filters import FilterConfig, check_flow, check_frames
+from cmpdata.config import ExtractConfig
+from cmpdata.decode import iter_pairs
+from cmpdata.filters import check_flow, check_frames
 from cmpdata.flow import FlowBackend
 from cmpdata.flow.consistency import forward_backward
 from cmpdata.guidance import GuidanceSampler
 from cmpdata.records import Dropped, FlowSample, FramePair, GuidedSample, Source
 from cmpdata.seeding import sample_rng, sample_seed
-
-
-@dataclass
-class StageSettings:
-    """Everything that decides what a sample contains (not how fast it is made)."""
-
-    pairs: PairConfig = field(default_factory=PairConfig)
-    filters: FilterConfig = field(default_factory=FilterConfig)
-    seed: int = 0  # global seed; each sample's guidance is drawn from (seed, sample id)
-    consistency: bool = False  # compute a forward-backward validity mask (doubles flow work)
 
 
 def compute_flows(
@@ -49,23 +39,30 @@ def guide(sample: FlowSample, sampler: GuidanceSampler, seed: int) -> GuidedSamp
     return GuidedSample(sample, guidance, sample_seed(seed, sample.sample_id))
 
 
+def finish_sample(
+    sample: FlowSample, sampler: GuidanceSampler, config: ExtractConfig
+) -> GuidedSample | Dropped:
+    """The flow-based filters, then the guidance, of one sample."""
+    dropped = check_flow(sample, config.filters)
+    return dropped if dropped is not None else guide(sample, sampler, config.seed)
+
+
 def finish_batch(
     pairs: Sequence[FramePair],
     flow: FlowBackend,
     sampler: GuidanceSampler,
-    settings: StageSettings,
+    config: ExtractConfig,
 ) -> Iterator[GuidedSample | Dropped]:
     """Flow, flow-based filters and guidance for a batch of pairs that passed the frame filters."""
-    for sample in compute_flows(pairs, flow, settings.consistency):
-        dropped = check_flow(sample, settings.filters)
-        yield dropped if dropped is not None else guide(sample, sampler, settings.seed)
+    for sample in compute_flows(pairs, flow, config.consistency):
+        yield finish_sample(sample, sampler, config)
 
 
 def process_source(
     source: Source,
     flow: FlowBackend,
     sampler: GuidanceSampler,
-    settings: StageSettings,
+    config: ExtractConfig,
     batch_size: int = 8,
 ) -> Iterator[GuidedSample | Dropped]:
     """Every sample of one source, in frame order, or the reason each pair was dropped.
@@ -74,13 +71,13 @@ def process_source(
     cannot be used: missing, corrupt, too small, shorter than the gap.
     """
     batch: list[FramePair] = []
-    for item in iter_pairs(source, settings.pairs, crop=settings.filters.crop):
-        dropped = item if isinstance(item, Dropped) else check_frames(item, settings.filters)
+    for item in iter_pairs(source, config.pairs, crop=config.filters.crop):
+        dropped = item if isinstance(item, Dropped) else check_frames(item, config.filters)
         if dropped is not None:
             yield dropped
             continue
         batch.append(item)
         if len(batch) >= batch_size:
-            yield from finish_batch(batch, flow, sampler, settings)
+            yield from finish_batch(batch, flow, sampler, config)
             batch = []
-    yield from finish_batch(batch, flow, sampler, settings)
+    yield from finish_batch(batch, flow, sampler, config)

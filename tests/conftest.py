@@ -15,3 +15,13 @@ def synth_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     make_clips(out, 3, seed=0, height=96, width=128, num_frames=24)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session (2 CPUs, as on CI)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()

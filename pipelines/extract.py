@@ -1,0 +1,517 @@
+"""``cmpdata extract``: videos in, a directory of HDF5 shards out, through Ray Data.
+
+The run, in order:
+
+1. lock the output directory (a second run on it refuses), check it is writable;
+2. build the flow backend once on the driver (its identity goes into the fingerprint, and a
+   missing weights file fails here, before any work);
+3. plan (:mod:`cmpdata.plan`): the ordered samples and their shards;
+4. compare with what the directory already holds: same plan -> resume (finished shards are
+   kept), different -> refuse naming the differences, unless ``overwrite``;
+5. stream the unfinished shards' work through Ray Data: decode (CPU tasks) -> flow (an actor
+   pool, batched; one actor per GPU with ``num_gpus``) -> filters, guidance, encoding (CPU
+   tasks); the driver gathers each shard's samples and writes the shard when its last planned
+   sample has arrived (atomic file, then its ``shard-NNNNN.json`` done marker);
+6. write ``failures.jsonl`` and the completed ``manifest.json``.
+
+Rows travel between stages as ``{"shard": int, "payload": bytes}``: the payload is a pickled
+record (:class:`WorkItem`, ``FramePair``, ``FlowSample``, ``EncodedSample`` or ``Dropped``), so
+ragged frames of different sizes and dropped pairs share one schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import pickle
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cmpdata.tools import content_digest
+from tqdm import tqdm
+
+from cmpdata import __version__
+from cmpdata.config import ExtractConfig
+from cmpdata.errors import CmpDataError
+from cmpdata.filters import check_frames
+from cmpdata.flow import FlowBackend, build_flow
+from cmpdata.guidance import build_sampler
+from cmpdata.manifest import (
+    FAILURES,
+    MANIFEST,
+    read_failures,
+    read_manifest,
+    write_failures,
+    write_json_atomic,
+)
+from cmpdata.plan import Plan, plan_dataset, split_of
+from cmpdata.process import compute_flows, finish_sample
+from cmpdata.records import Dropped, FramePair, Source, VideoInfo
+from cmpdata.shards import SCHEMA_VERSION, EncodedSample, encode_sample, shard_name, write_shard
+from cmpdata.sources import find_sources
+
+LOCK = ".lock"
+# A work item is at most this many pairs of one source: long videos are split so that the
+# work spreads over the workers; each piece decodes its own frames.
+PAIRS_PER_ITEM = 16
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run: none of this changes the dataset's content."""
+
+    workers: int | None = None  # CPU workers; None: every CPU of the (local) Ray
+    num_gpus: int = 0  # GPUs in total; one flow actor per GPU
+    batch_size: int = 8  # pairs per flow batch
+    address: str | None = None  # Ray cluster to join ("auto" or HOST:PORT); None: local Ray
+    overwrite: bool = False  # replace a dataset made with other options
+    flow_weights: str | None = None  # RAFT weights file
+    progress: bool = True  # progress bar on stderr
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    shard: int
+    source: Source
+    info: VideoInfo
+    pairs: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class ExtractResult:
+    """What ``extract`` did; :meth:`summary` is what the command prints."""
+
+    out: Path
+    plan: Plan
+    complete: bool
+    written: int
+    dropped: list[Dropped]
+    errors: int  # unexpected failures (bugs, crashes), not expected bad input
+    bytes: int
+    seconds: float
+    computed: int  # samples processed in this run (not resumed)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.written} pairs written to {self.out} "
+            f"({self.plan.num_shards} shards, {len(self.plan.samples)} planned)",
+            f"{len(self.plan.sources)} sources used, {len(self.plan.skipped)} skipped",
+        ]
+        for d in self.plan.skipped:
+            lines.append(f"  skipped {d.source_id}: {d.reason}")
+        pair_drops = [d for d in self.dropped if d.t0 >= 0]
+        by_stage = Counter(d.stage for d in pair_drops)
+        lines.append(f"{len(pair_drops)} pairs dropped" + (":" if by_stage else ""))
+        for stage, n in sorted(by_stage.items()):
+            example = next(d for d in pair_drops if d.stage == stage)
+            lines.append(f"  {stage}: {n} (e.g. {example.sample_id}: {example.reason})")
+        if self.written:
+            lines.append(f"{self.bytes / self.written / 1000:.1f} KB per pair")
+        rate = self.computed / self.seconds if self.seconds > 0 else 0.0
+        lines.append(f"{self.computed} pairs processed in {self.seconds:.1f} s ({rate:.2f} pairs/s)")
+        if self.errors:
+            lines.append(f"{self.errors} unexpected errors: see {self.out / FAILURES}")
+        lines.append(f"details: {self.out / MANIFEST}, {self.out / FAILURES}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- stages (run in Ray workers)
+
+
+def _rows(shard: int, records: Sequence[object]) -> dict[str, np.ndarray]:
+    payload = np.empty(len(records), dtype=object)
+    payload[:] = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
+    return {"shard": np.full(len(records), shard, np.int64), "payload": payload}
+
+
+def _limit_threads() -> None:
+    # One worker, one core: Ray runs as many workers as cores, and OpenCV would otherwise
+    # start a thread per core in each of them.
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, Any]]:
+    """One work item -> its frame pairs (after the frame filters) and dropped pairs."""
+    _limit_threads()
+    item: WorkItem = pickle.loads(row["payload"])
+    out: list[object] = []
+    seen: set[tuple[int, int]] = set()
+    try:
+        for x in _pairs_of(item, config):
+            seen.add((x.t0, x.t1))
+            dropped = x if isinstance(x, Dropped) else check_frames(x, config.filters)
+            out.append(dropped if dropped is not None else x)
+    except CmpDataError as exc:
+        out += [Dropped(item.source.id, t0, t1, "decode", str(exc))
+                for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
+    except Exception as exc:  # a crash in a decoding library must not end a long run
+        reason = f"unexpected error: {type(exc).__name__}: {exc}"
+        out += [Dropped(item.source.id, t0, t1, "error", reason)
+                for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
+    rows = _rows(item.shard, out)
+    return [{"shard": s, "payload": p} for s, p in zip(rows["shard"], rows["payload"], strict=True)]
+
+
+def _pairs_of(item: WorkItem, config: ExtractConfig) -> Iterator[FramePair | Dropped]:
+    from cmpdata.decode import iter_pairs
+
+    yield from iter_pairs(item.source, config.pairs, item.info, config.filters.crop, item.pairs)
+
+
+def _split_rows(batch: dict[str, np.ndarray]) -> tuple[list[int], list[object]]:
+    return [int(s) for s in batch["shard"]], [pickle.loads(p) for p in batch["payload"]]
+
+
+class FlowStage:
+    """Ray Data actor: builds the flow backend once, then computes flows batch by batch."""
+
+    def __init__(self, config: ExtractConfig, options: dict[str, Any]) -> None:
+        _limit_threads()
+        self.backend: FlowBackend = build_flow(config.flow, **options)
+        self.consistency = config.consistency
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shards, records = _split_rows(batch)
+        todo = [i for i, r in enumerate(records) if isinstance(r, FramePair)]
+        for i, sample in zip(todo, compute_flows([records[i] for i in todo], self.backend,
+                                                  self.consistency), strict=True):  # fmt: skip
+            records[i] = sample
+        return _concat([_rows(s, [r]) for s, r in zip(shards, records, strict=True)])
+
+
+def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[str, np.ndarray]:
+    """Flow filters, guidance and encoding: each FlowSample -> EncodedSample (or Dropped)."""
+    _limit_threads()
+    sampler = build_sampler(config.guidance)
+    shards, records = _split_rows(batch)
+    out: list[object] = []
+    for record in records:
+        result = record if isinstance(record, Dropped) else finish_sample(record, sampler, config)
+        if not isinstance(result, Dropped):
+            split = split_of(result.sample.pair.source_id, config.val_fraction)
+            result = encode_sample(result, split, config.codec, config.jpeg_quality)
+        out.append(result)
+    return _concat([_rows(s, [r]) for s, r in zip(shards, out, strict=True)])
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not parts:
+        return {"shard": np.zeros(0, np.int64), "payload": np.empty(0, dtype=object)}
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("shard", "payload")}
+
+
+# ---------------------------------------------------------------- driver
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for the run; the OS drops it if the process dies."""
+    handle = open(out / LOCK, "a+")  # noqa: SIM115 (held for the whole run)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CmpDataError(
+                f"{out}: another cmpdata extract is writing to this directory; "
+                "wait for it to finish or choose another --out"
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
+def prepare_output(out: Path) -> None:
+    """Create ``out`` and prove it is writable, before any work starts."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CmpDataError(f"{out}: cannot create the output directory ({exc.strerror})") from None
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CmpDataError(f"{out}: output directory is not writable ({exc.strerror})") from None
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable ``key: old -> new`` lines for two (nested) configurations."""
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]  # fmt: skip
+
+
+def _stats_path(out: Path, index: int) -> Path:
+    return out / shard_name(index).replace(".h5", ".json")
+
+
+def _clear(out: Path) -> None:
+    for pattern in ("shard-*.h5", "shard-*.json", ".shard-*.tmp-*", MANIFEST, FAILURES):
+        for path in out.glob(pattern):
+            path.unlink()
+
+
+def finished_shards(out: Path, plan: Plan) -> set[int]:
+    """Shards whose file and done marker are present and belong to this plan."""
+    done = set()
+    for index in range(plan.num_shards):
+        stats = _stats_path(out, index)
+        if not stats.exists() or not (out / shard_name(index)).exists():
+            continue
+        try:
+            data = json.loads(stats.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (data.get("fingerprint") == plan.fingerprint
+                and (out / shard_name(index)).stat().st_size == data.get("bytes")):  # fmt: skip
+            done.add(index)
+    return done
+
+
+def check_existing(out: Path, plan: Plan, overwrite: bool) -> None:
+    """Refuse to mix two different datasets in one directory (unless ``overwrite``)."""
+    if not (out / MANIFEST).exists():
+        if any(out.glob("shard-*.h5")) and not overwrite:
+            raise CmpDataError(
+                f"{out}: holds shards but no manifest; use --overwrite to replace them"
+            )
+        if overwrite:
+            _clear(out)
+        return
+    old = read_manifest(out)
+    if old.get("plan_fingerprint") == plan.fingerprint:
+        return
+    if overwrite:
+        _clear(out)
+        return
+    lines = differences(
+        {"config": old.get("config"), "flow_backend": old.get("flow_backend")},
+        {"config": plan.config.to_dict(), "flow_backend": plan.flow_identity},
+    )
+    if not lines:
+        lines = [f"the planned samples differ: {old.get('num_planned')} -> {len(plan.samples)} "
+                 "(other input videos, or their frame counts changed)"]  # fmt: skip
+    raise CmpDataError(
+        f"{out} holds a dataset made with other options; use --overwrite to replace it, "
+        "or another --out. Differences:\n  " + "\n  ".join(lines)
+    )
+
+
+def work_items(plan: Plan, shards: Sequence[int]) -> list[WorkItem]:
+    """The unfinished shards' samples, as pieces of at most PAIRS_PER_ITEM pairs of one source."""
+    items: list[WorkItem] = []
+    for index in shards:
+        by_source: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for s in plan.shard(index):
+            by_source[s.source_id].append((s.t0, s.t1))
+        for source_id, pairs in by_source.items():
+            for k in range(0, len(pairs), PAIRS_PER_ITEM):
+                items.append(WorkItem(index, plan.sources[source_id], plan.infos[source_id],
+                                      tuple(pairs[k : k + PAIRS_PER_ITEM])))  # fmt: skip
+    return items
+
+
+def ensure_ray(address: str | None, workers: int | None) -> None:
+    """Join the cluster at ``address``, or start a local Ray sized to this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray's C++ core logs recoverable conditions to stderr, which would bury our messages.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")  # fmt: skip
+
+
+def _flow_options(config: ExtractConfig, run: RunSettings) -> dict[str, Any]:
+    options = dict(config.flow_options)
+    if config.flow.startswith("raft"):
+        options.update(weights=run.flow_weights, batch_size=run.batch_size,
+                       device="cuda" if run.num_gpus else "cpu")  # fmt: skip
+    elif run.flow_weights:
+        raise CmpDataError(f"--flow-weights applies to RAFT only, not to {config.flow!r}")
+    return options
+
+
+def run_pipeline(items: Sequence[WorkItem], config: ExtractConfig, run: RunSettings,
+                 options: dict[str, Any]) -> Iterator[tuple[int, object]]:  # fmt: skip
+    """Stream (shard index, EncodedSample | Dropped) for every planned pair of ``items``."""
+    import ray
+    import ray.data
+
+    ensure_ray(run.address, run.workers)
+    # Ray Data reports each execution at INFO on stderr; our progress bar and summary say it.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is on the driver
+    ctx.enable_operator_progress_bars = False
+    workers = run.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    rows = [{"shard": it.shard, "payload": pickle.dumps(it)} for it in items]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    # Every stage is CPU work. Flow actors that each held a whole CPU would leave none for
+    # the decode and encode tasks (the pipeline would stall), so on CPU every stage asks for
+    # half a CPU: as many flow actors as workers, and the tasks fill the rest; the OS shares
+    # the cores. With GPUs, each flow actor holds one GPU and one CPU.
+    task_cpus = 0.5
+    ds = ds.flat_map(decode_stage, fn_kwargs={"config": config}, num_cpus=task_cpus)
+    ds = ds.map_batches(
+        FlowStage,
+        fn_constructor_kwargs={"config": config, "options": options},
+        batch_size=run.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=run.num_gpus or workers),
+        num_gpus=1 if run.num_gpus else 0,
+        num_cpus=1 if run.num_gpus else task_cpus,
+    )
+    ds = ds.map_batches(
+        finish_stage, fn_kwargs={"config": config}, batch_size=run.batch_size, num_cpus=task_cpus
+    )
+    for row in ds.iter_rows():
+        yield int(row["shard"]), pickle.loads(row["payload"])
+
+
+class ShardCollector:
+    """Gathers each shard's results on the driver and writes the shard when it is whole."""
+
+    def __init__(self, out: Path, plan: Plan, attrs: dict[str, Any], shards: Sequence[int]):
+        self.out, self.plan, self.attrs = out, plan, attrs
+        self.expected = {i: {s.sample_id: k for k, s in enumerate(plan.shard(i))} for i in shards}
+        self.results: dict[int, dict[str, object]] = {i: {} for i in shards}
+
+    def add(self, shard: int, record: EncodedSample | Dropped) -> None:
+        got = self.results[shard]
+        if record.sample_id not in self.expected[shard] or record.sample_id in got:
+            raise RuntimeError(f"shard {shard}: unexpected or repeated sample {record.sample_id}")
+        got[record.sample_id] = record
+        if len(got) == len(self.expected[shard]):
+            self._write(shard)
+
+    def _write(self, index: int) -> None:
+        order = self.expected.pop(index)
+        records = sorted(self.results.pop(index).values(), key=lambda r: order[r.sample_id])
+        samples = [r for r in records if isinstance(r, EncodedSample)]
+        info = write_shard(self.out / shard_name(index), samples,
+                           {**self.attrs, "shard_index": index})  # fmt: skip
+        write_json_atomic(_stats_path(self.out, index), {
+            "fingerprint": self.plan.fingerprint, **asdict(info), "index": index,
+            "samples": [[s.sample_id, s.digest(), s.split] for s in samples],
+            "dropped": [asdict(r) for r in records if isinstance(r, Dropped)],
+        })  # fmt: skip
+
+    @property
+    def pending(self) -> list[int]:
+        return sorted(self.expected)
+
+
+def _manifest(out: Path, plan: Plan, attrs: dict[str, Any], complete: bool) -> dict[str, Any]:
+    shards, ids, dropped = [], [], list(plan.skipped)
+    splits: Counter[str] = Counter()
+    per_source = {sid: {"planned": 0, "written": 0, "dropped": 0, "skipped": None}
+                  for sid in plan.sources}  # fmt: skip
+    for d in plan.skipped:
+        per_source[d.source_id] = {"planned": 0, "written": 0, "dropped": 0, "skipped": d.reason}
+    for s in plan.samples:
+        per_source[s.source_id]["planned"] += 1
+    if complete:
+        for index in range(plan.num_shards):
+            data = json.loads(_stats_path(out, index).read_text())
+            shards.append({k: data[k] for k in ("name", "num_samples", "sha256", "bytes", "index")})
+            for sample_id, digest, split in data["samples"]:
+                ids.append((sample_id, digest))
+                splits[split] += 1
+                per_source[sample_id.rsplit("#", 1)[0]]["written"] += 1
+            for d in data["dropped"]:
+                dropped.append(Dropped(**d))
+                per_source[d["source_id"]]["dropped"] += 1
+        write_failures(out, dropped)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "complete": complete,
+        "creator": f"cmp {__version__}",
+        "config": plan.config.to_dict(),
+        "flow_backend": plan.flow_identity,
+        "codec": attrs["codec"],
+        "plan_fingerprint": plan.fingerprint,
+        "content_digest": content_digest(ids) if complete else None,
+        "num_planned": len(plan.samples),
+        "num_samples": len(ids),
+        "num_dropped": len(dropped) - len(plan.skipped),
+        "splits": {"train": splits["train"], "val": splits["val"]},
+        "sources": per_source,
+        "shards": shards,
+        "stats": {},
+    }
+
+
+def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
+            run: RunSettings = RunSettings()) -> ExtractResult:  # fmt: skip
+    """Build (or finish) the dataset of ``inputs`` in ``out``; see the module docstring.
+
+    Raises :class:`CmpDataError` for problems found before work starts: no usable input,
+    an unwritable output, a directory in use or holding another dataset, missing weights.
+    """
+    out = Path(out)
+    prepare_output(out)
+    with locked(out):
+        start = time.monotonic()
+        options = _flow_options(config, run)
+        identity = build_flow(config.flow, **options).identity()
+        sources = find_sources(inputs)
+        plan = plan_dataset(sources, config, identity, progress=run.progress)
+        if not plan.samples:
+            reasons = "; ".join(d.reason for d in plan.skipped[:5])
+            raise CmpDataError(f"no frame pairs to extract from {len(sources)} sources: {reasons}")
+        check_existing(out, plan, run.overwrite)
+        attrs = {"config": {**plan.config.to_dict(), "inputs": list(inputs)},
+                 "flow_backend": identity, "codec": config.codec.params()}  # fmt: skip
+        write_json_atomic(out / MANIFEST, _manifest(out, plan, attrs, complete=False))
+        done = finished_shards(out, plan)
+        todo = [i for i in range(plan.num_shards) if i not in done]
+        collector = ShardCollector(out, plan, attrs, todo)
+        total = sum(len(plan.shard(i)) for i in todo)
+        computed, errors = 0, 0
+        bar = tqdm(total=total, desc="extracting", unit="pair", disable=not run.progress or None)
+        with bar:
+            if todo:
+                for shard, record in run_pipeline(work_items(plan, todo), config, run, options):
+                    collector.add(shard, record)
+                    computed += 1
+                    errors += isinstance(record, Dropped) and record.stage == "error"
+                    bar.update(1)
+        seconds = time.monotonic() - start
+        complete = not collector.pending
+        total_bytes = sum((out / shard_name(i)).stat().st_size for i in range(plan.num_shards)
+                          if (out / shard_name(i)).exists())  # fmt: skip
+        manifest = _manifest(out, plan, attrs, complete)
+        written = manifest["num_samples"]
+        manifest["stats"] = {
+            "seconds": round(seconds, 3),
+            "pairs_computed": computed,
+            "pairs_per_second": round(computed / seconds, 3) if seconds > 0 else None,
+            "bytes_per_sample": round(total_bytes / written, 1) if written else None,
+        }
+        write_json_atomic(out / MANIFEST, manifest)
+    return ExtractResult(out, plan, complete, manifest["num_samples"], read_failures(out),
+                         errors, total_bytes, seconds, computed, manifest)  # fmt: skip
