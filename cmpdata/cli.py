@@ -7,6 +7,7 @@ on stderr); 2 nothing could be done (bad arguments, no usable input).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,12 @@ def _add_pair_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="keep at most N pairs per video, spread evenly over it",
     )
-    g.add_argument("--short-side", type=int, default=416, help="resize frames to this short side")
+    g.add_argument(
+        "--short-side",
+        type=int,
+        default=416,
+        help="resize frames to this short side (0: keep the decoded size)",
+    )
     g.add_argument("--min-side", type=int, default=64, help="skip sources smaller than this")
     g.add_argument("--decoder", choices=["auto", "decord", "ffmpeg"], default="auto")
     g.add_argument(
@@ -66,18 +72,10 @@ def _flow_backend(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cmpdata.demo import run_demo
+    from pipelines.demo import run_demo
 
     summary = run_demo(args.out, clips=args.clips, seed=args.seed, flow=args.flow)
-    print(f"{summary['pairs']} pairs from {args.clips} synthetic clips -> {args.out}/pictures/")
-    print(
-        f"mean end-point error: {summary['flow']['name']} {summary['epe_mean']:.3f} px, "
-        f"zero flow {summary['epe_zero_mean']:.3f} px"
-    )
-    for d in summary["dropped"]:
-        print(f"dropped {d['source_id']} {d['t0']}->{d['t1']}: {d['reason']}")
-    print(f"summary: {Path(args.out) / 'summary.json'}")
-    return EXIT_OK
+    return EXIT_OK if summary["verified"] else EXIT_PARTIAL
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -133,7 +131,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
             gap=args.gap,
             stride=args.stride,
             max_pairs_per_video=args.max_pairs_per_video,
-            short_side=args.short_side,
+            short_side=args.short_side or None,
             min_side=args.min_side,
             timeout=args.timeout,
             decoder=args.decoder,
@@ -223,7 +221,7 @@ def extract_config(args: argparse.Namespace, sections: dict) -> ExtractConfig:
                 gap=args.gap,
                 stride=args.stride,
                 max_pairs_per_video=args.max_pairs_per_video,
-                short_side=args.short_side,
+                short_side=args.short_side or None,
                 min_side=args.min_side,
                 timeout=args.timeout,
                 decoder=args.decoder,
@@ -262,6 +260,31 @@ def cmd_extract(args: argparse.Namespace, sections: dict) -> int:
     print(result.summary())
     if not result.complete or result.errors:
         return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from cmpdata.tools import format_inspect, inspect_dataset
+
+    info = inspect_dataset(args.path)
+    print(json.dumps(info, indent=1) if args.json else format_inspect(info))
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from cmpdata.tools import format_verify, verify_dataset
+
+    report = verify_dataset(args.directory, progress=not args.quiet)
+    print(format_verify(report), file=sys.stdout if report.ok else sys.stderr)
+    return EXIT_OK if report.ok else EXIT_PARTIAL
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from cmpdata.tools import show_sample
+
+    print(
+        show_sample(args.path, args.index, args.out, split=args.split, guidance_scale=args.arrows)
+    )
     return EXIT_OK
 
 
@@ -342,6 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("inspect", help="counts, sources, splits, sizes, flow statistics")
+    p.add_argument("path", help="dataset directory or one shard file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", help="check every shard's checksum and decode every sample")
+    p.add_argument("directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("show", help="picture of one sample: frame + guidance | flow | legend")
+    p.add_argument("path", help="dataset directory or one shard file")
+    p.add_argument("--index", type=int, required=True, help="sample index (within --split)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--split", choices=["train", "val"], default=None, help="index within a split")
+    p.add_argument("--arrows", type=float, default=3.0, help="arrow length multiplier")
+    p.set_defaults(func=cmd_show)
     return parser
 
 

@@ -61,7 +61,7 @@ def sample_picture(sample: GuidedSample, gt: np.ndarray) -> np.ndarray:
     )
 
 
-def run_demo(
+def run_stage_demo(
     out_dir: str | Path,
     clips: int = 3,
     seed: int = 0,

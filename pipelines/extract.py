@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cmpdata.tools import content_digest
 from tqdm import tqdm
 
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
+from cmpdata.decode import iter_pairs
 from cmpdata.errors import CmpDataError
 from cmpdata.filters import check_frames
 from cmpdata.flow import FlowBackend, build_flow
@@ -57,6 +57,7 @@ from cmpdata.process import compute_flows, finish_sample
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
 from cmpdata.shards import SCHEMA_VERSION, EncodedSample, encode_sample, shard_name, write_shard
 from cmpdata.sources import find_sources
+from cmpdata.tools import content_digest
 
 LOCK = ".lock"
 # A work item is at most this many pairs of one source: long videos are split so that the
@@ -117,7 +118,9 @@ class ExtractResult:
         if self.written:
             lines.append(f"{self.bytes / self.written / 1000:.1f} KB per pair")
         rate = self.computed / self.seconds if self.seconds > 0 else 0.0
-        lines.append(f"{self.computed} pairs processed in {self.seconds:.1f} s ({rate:.2f} pairs/s)")
+        lines.append(
+            f"{self.computed} pairs processed in {self.seconds:.1f} s ({rate:.2f} pairs/s)"
+        )
         if self.errors:
             lines.append(f"{self.errors} unexpected errors: see {self.out / FAILURES}")
         lines.append(f"details: {self.out / MANIFEST}, {self.out / FAILURES}")
@@ -127,10 +130,14 @@ class ExtractResult:
 # ---------------------------------------------------------------- stages (run in Ray workers)
 
 
-def _rows(shard: int, records: Sequence[object]) -> dict[str, np.ndarray]:
+def _batch(shards: Sequence[int], records: Sequence[object]) -> dict[str, np.ndarray]:
     payload = np.empty(len(records), dtype=object)
     payload[:] = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
-    return {"shard": np.full(len(records), shard, np.int64), "payload": payload}
+    return {"shard": np.asarray(shards, np.int64).reshape(-1), "payload": payload}
+
+
+def _unbatch(batch: dict[str, np.ndarray]) -> tuple[list[int], list[object]]:
+    return [int(s) for s in batch["shard"]], [pickle.loads(p) for p in batch["payload"]]
 
 
 def _limit_threads() -> None:
@@ -148,7 +155,7 @@ def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, A
     out: list[object] = []
     seen: set[tuple[int, int]] = set()
     try:
-        for x in _pairs_of(item, config):
+        for x in iter_pairs(item.source, config.pairs, item.info, config.filters.crop, item.pairs):
             seen.add((x.t0, x.t1))
             dropped = x if isinstance(x, Dropped) else check_frames(x, config.filters)
             out.append(dropped if dropped is not None else x)
@@ -159,18 +166,8 @@ def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, A
         reason = f"unexpected error: {type(exc).__name__}: {exc}"
         out += [Dropped(item.source.id, t0, t1, "error", reason)
                 for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
-    rows = _rows(item.shard, out)
-    return [{"shard": s, "payload": p} for s, p in zip(rows["shard"], rows["payload"], strict=True)]
-
-
-def _pairs_of(item: WorkItem, config: ExtractConfig) -> Iterator[FramePair | Dropped]:
-    from cmpdata.decode import iter_pairs
-
-    yield from iter_pairs(item.source, config.pairs, item.info, config.filters.crop, item.pairs)
-
-
-def _split_rows(batch: dict[str, np.ndarray]) -> tuple[list[int], list[object]]:
-    return [int(s) for s in batch["shard"]], [pickle.loads(p) for p in batch["payload"]]
+    batch = _batch([item.shard] * len(out), out)
+    return [{"shard": item.shard, "payload": p} for p in batch["payload"]]
 
 
 class FlowStage:
@@ -182,19 +179,19 @@ class FlowStage:
         self.consistency = config.consistency
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shards, records = _split_rows(batch)
+        shards, records = _unbatch(batch)
         todo = [i for i, r in enumerate(records) if isinstance(r, FramePair)]
-        for i, sample in zip(todo, compute_flows([records[i] for i in todo], self.backend,
-                                                  self.consistency), strict=True):  # fmt: skip
+        flows = compute_flows([records[i] for i in todo], self.backend, self.consistency)
+        for i, sample in zip(todo, flows, strict=True):
             records[i] = sample
-        return _concat([_rows(s, [r]) for s, r in zip(shards, records, strict=True)])
+        return _batch(shards, records)
 
 
 def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[str, np.ndarray]:
     """Flow filters, guidance and encoding: each FlowSample -> EncodedSample (or Dropped)."""
     _limit_threads()
     sampler = build_sampler(config.guidance)
-    shards, records = _split_rows(batch)
+    shards, records = _unbatch(batch)
     out: list[object] = []
     for record in records:
         result = record if isinstance(record, Dropped) else finish_sample(record, sampler, config)
@@ -202,13 +199,7 @@ def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[st
             split = split_of(result.sample.pair.source_id, config.val_fraction)
             result = encode_sample(result, split, config.codec, config.jpeg_quality)
         out.append(result)
-    return _concat([_rows(s, [r]) for s, r in zip(shards, out, strict=True)])
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if not parts:
-        return {"shard": np.zeros(0, np.int64), "payload": np.empty(0, dtype=object)}
-    return {k: np.concatenate([p[k] for p in parts]) for k in ("shard", "payload")}
+    return _batch(shards, out)
 
 
 # ---------------------------------------------------------------- driver
@@ -342,8 +333,9 @@ def ensure_ray(address: str | None, workers: int | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")  # fmt: skip
+        # "local": always a new Ray of our own, never one that happens to run on this machine.
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR")  # fmt: skip
 
 
 def _flow_options(config: ExtractConfig, run: RunSettings) -> dict[str, Any]:
@@ -381,7 +373,7 @@ def run_pipeline(items: Sequence[WorkItem], config: ExtractConfig, run: RunSetti
         FlowStage,
         fn_constructor_kwargs={"config": config, "options": options},
         batch_size=run.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=run.num_gpus or workers),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.num_gpus or workers),
         num_gpus=1 if run.num_gpus else 0,
         num_cpus=1 if run.num_gpus else task_cpus,
     )

@@ -19,9 +19,11 @@ def synth_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole test session (2 CPUs, as on CI)."""
+    """One local Ray for the whole test session (2 CPUs, as on CI); pipeline runs reuse it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")  # fmt: skip
     yield
     ray.shutdown()

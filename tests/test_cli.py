@@ -70,10 +70,48 @@ def test_raft_without_weights_says_how_to_supply_them(synth_clips: Path, tmp_pat
     assert "--flow-weights" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end(tmp_path: Path, capsys):
+def test_demo_runs_end_to_end(tmp_path: Path, capsys, ray_local):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--clips", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pairs"] == 4 and len(list((out / "pictures").glob("*.png"))) == 4
     # The estimated flow must be far better than no flow at all on the ground truth.
     assert summary["epe_mean"] < 0.25 * summary["epe_zero_mean"]
+    # ...and the clip went on through extract into a verified dataset, with pictures of it.
+    assert "OK:" in capsys.readouterr().out
+    assert (out / "dataset" / "manifest.json").exists() and len(list(out.glob("show-*.png"))) == 2
+
+
+def _extract_config(argv):
+    from cmpdata.cli import _apply_config_file, build_parser, extract_config
+
+    parser = build_parser()
+    sections = _apply_config_file(parser, argv)
+    return extract_config(parser.parse_args(argv), sections)
+
+
+def test_config_file_sets_options_and_flags_win(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "shard-size: 50\nseed: 7\ngap: 2\n"
+        "filters: {static_motion_px: 1.0}\nguidance_options: {nms_ks: 41, max_num_guide: 150}\n"
+        "flow_options: {preset: fast}\n"
+    )
+    config = _extract_config(["extract", "--videos", "v", "--out", "o", "--config", str(cfg),
+                              "--seed", "3"])  # fmt: skip
+    assert config.shard_size == 50 and config.pairs.gap == 2 and config.seed == 3
+    assert config.filters.static_motion_px == 1.0 and config.guidance.nms_ks == 41
+    assert config.guidance.max_num_guide == 150 and config.flow_options == {"preset": "fast"}
+
+
+def test_bad_config_files_are_named(tmp_path: Path, capsys):
+    bad_key = tmp_path / "k.yaml"
+    bad_key.write_text("shard_sise: 5\n")
+    unsafe = tmp_path / "u.yaml"
+    unsafe.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    for path, words in [(bad_key, "unknown keys ['shard_sise']"), (unsafe, "not valid YAML")]:
+        code = main(
+            ["extract", "--videos", "v", "--out", str(tmp_path / "o"), "--config", str(path)]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and str(path) in err and words in err and "pwned" not in err

@@ -1,0 +1,177 @@
+"""The extraction pipeline through a local Ray: content, determinism, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cmpdata.config import ExtractConfig
+from cmpdata.dataset import ShardDataset
+from cmpdata.decode import PairConfig
+from cmpdata.errors import CmpDataError
+from cmpdata.manifest import read_failures, read_manifest
+from cmpdata.tools import verify_dataset
+from pipelines.extract import RunSettings, extract, locked
+
+CONFIG = ExtractConfig(pairs=PairConfig(short_side=None), shard_size=4, val_fraction=0.34)
+QUIET = RunSettings(progress=False)
+
+
+def videos(clips: Path) -> list[str]:
+    return [str(clips / "*.mp4")]
+
+
+@pytest.fixture(scope="module")
+def clean_run(synth_clips: Path, ray_local, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "ds"
+    result = extract(videos(synth_clips), out, CONFIG, QUIET)
+    assert result.complete and result.errors == 0
+    return out
+
+
+def test_end_to_end_dataset(clean_run: Path):
+    manifest = read_manifest(clean_run)
+    # 3 clips of 24 frames: pairs (0, 3), (10, 13), (20, 23) each; 4 samples a shard.
+    assert manifest["complete"] and manifest["num_planned"] == 9 and manifest["num_samples"] == 9
+    assert [s["num_samples"] for s in manifest["shards"]] == [4, 4, 1]
+    assert read_failures(clean_run) == []
+    assert verify_dataset(clean_run, progress=False).ok
+    samples = [ShardDataset(clean_run, split=None)[i] for i in range(9)]
+    assert [s.sample_id for s in samples][:3] == [
+        "clip000.mp4#000000-000003", "clip000.mp4#000010-000013", "clip000.mp4#000020-000023",
+    ]  # fmt: skip
+    # A video's pairs all fall on one side of the split.
+    splits: dict[str, set[str]] = {}
+    for s in samples:
+        splits.setdefault(s.source_id, set()).add(s.split)
+        assert s.image.shape == (96, 128, 3) and s.flow.shape == (96, 128, 2)
+        assert len(s.guidance) > 0
+    assert all(len(v) == 1 for v in splits.values())
+    assert sum(manifest["splits"].values()) == 9
+
+
+def test_one_and_two_workers_give_the_same_dataset(synth_clips: Path, clean_run: Path, tmp_path):
+    result = extract(
+        videos(synth_clips), tmp_path / "w1", CONFIG, RunSettings(workers=1, progress=False)
+    )
+    clean = read_manifest(clean_run)
+    assert result.manifest["plan_fingerprint"] == clean["plan_fingerprint"]
+    assert result.manifest["content_digest"] == clean["content_digest"]
+
+
+def test_rerun_resumes_and_other_options_are_refused(synth_clips: Path, clean_run: Path, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(clean_run, out)
+    (out / "shard-00001.h5").unlink()  # as if the run had died before this shard
+    again = extract(videos(synth_clips), out, CONFIG, QUIET)
+    assert again.computed == 4  # only the missing shard was recomputed
+    assert again.manifest["content_digest"] == read_manifest(clean_run)["content_digest"]
+
+    other = ExtractConfig(
+        pairs=PairConfig(short_side=None), shard_size=4, val_fraction=0.34, seed=1
+    )
+    with pytest.raises(CmpDataError, match=r"seed: 0 -> 1"):
+        extract(videos(synth_clips), out, other, QUIET)
+    replaced = extract(videos(synth_clips), out, other, RunSettings(overwrite=True, progress=False))
+    assert replaced.complete and replaced.manifest["config"]["seed"] == 1
+
+
+def test_broken_videos_are_recorded_and_the_rest_completes(synth_clips: Path, ray_local, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("clip000.mp4", "clip001.mp4"):
+        shutil.copy(synth_clips / name, inputs / name)
+    (inputs / "noise.mp4").write_bytes(os.urandom(4000))
+    (inputs / "text.avi").write_text("not a video at all")
+    data = (synth_clips / "clip002.mp4").read_bytes()
+    (inputs / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    result = extract([str(inputs)], tmp_path / "ds", CONFIG, QUIET)
+    assert result.complete and result.errors == 0
+    failures = {d.source_id: d for d in read_failures(tmp_path / "ds")}
+    assert {"noise.mp4", "text.avi"} <= set(failures)
+    assert all(failures[k].t0 == -1 and "noise.mp4" in failures[k].reason for k in ["noise.mp4"])
+    assert result.written >= 6  # both intact clips complete; the truncated one may add some
+    assert verify_dataset(tmp_path / "ds", progress=False).ok
+
+
+def test_kill_9_then_rerun_gives_the_clean_dataset(synth_clips: Path, clean_run: Path, tmp_path):
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "cmpdata.cli", "extract", "--videos", *videos(synth_clips),
+           "--out", str(out), "--short-side", "0", "--shard-size", "4", "--val-fraction", "0.34",
+           "--workers", "1", "--batch-size", "1", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "shard-00000.json").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the first shard never appeared"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    proc.wait()
+    result = extract(videos(synth_clips), out, CONFIG, QUIET)
+    clean = read_manifest(clean_run)
+    assert result.manifest["plan_fingerprint"] == clean["plan_fingerprint"]
+    assert result.manifest["content_digest"] == clean["content_digest"]
+    assert not list(out.glob(".shard-*"))  # no temporary file left behind
+    assert verify_dataset(out, progress=False).ok
+
+
+def test_two_node_cluster_gives_the_same_dataset(synth_clips: Path, clean_run: Path, tmp_path):
+    # A separate process: this session's local Ray cannot be joined to a second cluster.
+    script = f"""
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+from pipelines.extract import RunSettings, extract
+from tests.test_pipeline import CONFIG
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+cluster.add_node(num_cpus=1)
+result = extract([{str(synth_clips / "*.mp4")!r}], {str(tmp_path / "ds")!r}, CONFIG,
+                 RunSettings(address=cluster.address, progress=False))
+keys = ("plan_fingerprint", "content_digest")
+nodes = sum(n["Alive"] for n in ray.nodes())
+print(json.dumps({{"nodes": nodes, **{{k: result.manifest[k] for k in keys}}}}))
+ray.shutdown()
+cluster.shutdown()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).parent.parent)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    clean = read_manifest(clean_run)
+    assert got == {"nodes": 2, **{k: clean[k] for k in ("plan_fingerprint", "content_digest")}}
+
+
+def test_verify_catches_a_flipped_byte(clean_run: Path, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(clean_run, out)
+    shard = out / "shard-00001.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    report = verify_dataset(out, progress=False)
+    assert not report.ok and any(p.shard == "shard-00001.h5" for p in report.problems)
+    proc = subprocess.run([sys.executable, "-m", "cmpdata.cli", "verify", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "shard-00001.h5" in proc.stderr
+
+
+def test_a_second_run_on_the_same_directory_refuses(synth_clips: Path, tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    with locked(out), pytest.raises(CmpDataError, match="another cmpdata extract"):
+        extract(videos(synth_clips), out, CONFIG, QUIET)
+
+
+def test_unusable_output_directory_is_refused_before_work(synth_clips: Path, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CmpDataError, match="cannot create the output directory"):
+        extract(videos(synth_clips), blocker / "ds", CONFIG, QUIET)
