@@ -1,0 +1,154 @@
+"""Flow <-> bins, and the CMP training loss. Pure functions on tensors; no state.
+
+CMP treats each flow component as a classification over ``num_bins`` bins rather than a
+regression: the network outputs ``2 * num_bins`` channels per pixel, the first ``num_bins``
+scoring the x component and the last ``num_bins`` the y component. Units are pixels of the
+*target* flow (the flow the loss compares against), x to the right, y downwards.
+
+Bins are evenly spaced over ``[-R, R]`` (``R = flow_range``): bin ``k`` has centre
+``-R + k * 2R / (n - 1)`` for ``k = 0 .. n - 1``. With the paper's ``n = 99, R = 50`` the step
+is ``100 / 98 ~= 1.02`` px, the centres are ``-50, -48.98, ..., 0 (bin 49), ..., 50`` and
+anything beyond +-50 px falls into the end bins.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NUM_BINS = 99  # the paper's bins per flow component
+FLOW_RANGE = 50.0  # the paper's half-range of the bins, px
+
+
+def _check_bins(num_bins: int, flow_range: float) -> None:
+    if num_bins < 2:
+        raise ValueError(f"num_bins must be at least 2, got {num_bins}")
+    if not flow_range > 0:
+        raise ValueError(f"flow_range must be positive, got {flow_range}")
+
+
+def _check_flow(flow: Tensor) -> None:
+    if flow.ndim != 4 or flow.shape[1] != 2 or not flow.is_floating_point():
+        raise ValueError(
+            f"flow must be a float (B, 2, H, W) tensor in px, got {flow.dtype} {tuple(flow.shape)}"
+        )
+
+
+def _split_logits(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """The x and y halves of ``(B, 2n, h, w)`` logits, each ``(B, n, h, w)``."""
+    if logits.ndim != 4 or logits.shape[1] % 2 or logits.shape[1] < 4:
+        raise ValueError(
+            f"logits must be (B, 2 * num_bins, h, w) with num_bins >= 2, got {tuple(logits.shape)}"
+        )
+    return logits.chunk(2, dim=1)
+
+
+def bin_centres(
+    num_bins: int = NUM_BINS, flow_range: float = FLOW_RANGE, device: torch.device | None = None
+) -> Tensor:
+    """The ``(num_bins,)`` float32 bin centres in px: ``-R + k * 2R / (n - 1)``.
+
+    Raises ``ValueError`` for ``num_bins < 2`` or ``flow_range <= 0``.
+    """
+    _check_bins(num_bins, flow_range)
+    # k * 2R / (n - 1) - R in float64: the middle centre is exactly 0 (linspace is off by 5e-7)
+    k = torch.arange(num_bins, dtype=torch.float64)
+    return (k * (2 * flow_range) / (num_bins - 1) - flow_range).float().to(device)
+
+
+def flow_to_bins(flow: Tensor, num_bins: int = NUM_BINS, flow_range: float = FLOW_RANGE) -> Tensor:
+    """Quantise a ``(B, 2, H, W)`` float flow in px into ``(B, 2, H, W)`` long bin indices.
+
+    Each component is clamped to ``[-flow_range, flow_range]`` and mapped to the nearest bin
+    centre; a value exactly half-way between two centres goes to the upper bin (round half up,
+    ``floor(t + 0.5)``), so the rule does not depend on the parity of the index as
+    round-half-to-even would. 0 px is bin ``(num_bins - 1) / 2`` exactly when ``num_bins`` is
+    odd (49 for 99 bins). Raises ``ValueError`` for a malformed flow or bin setting.
+    """
+    _check_bins(num_bins, flow_range)
+    _check_flow(flow)
+    # (v + R) * (n - 1) / (2R) rather than (v + R) / step: exact for the centres themselves
+    # (0 px gives 4900 / 100 = 49.0, not 48.999...).
+    position = (flow.clamp(-flow_range, flow_range) + flow_range) * (
+        (num_bins - 1) / (2 * flow_range)
+    )
+    return torch.floor(position + 0.5).long().clamp_(0, num_bins - 1)
+
+
+def bins_to_flow(
+    logits: Tensor, mode: str = "expectation", flow_range: float = FLOW_RANGE
+) -> Tensor:
+    """Turn ``(B, 2n, h, w)`` logits (x bins, then y bins) into a ``(B, 2, h, w)`` flow in px.
+
+    ``mode="expectation"`` (the default) returns the softmax-weighted mean of the bin centres;
+    ``mode="argmax"`` returns the centre of the highest-scoring bin. The number of bins ``n``
+    is read from the channel count.
+
+    Why expectation: argmax can only ever answer a bin centre, so it adds quantisation error
+    on top of the network's own: with 99 bins over +-50 px the step is ``100 / 98 ~= 1.02``
+    px and, for values spread uniformly between centres, the nearest centre is off by a
+    quarter step on average (~0.25 px mean absolute error), and the answer jumps from one
+    centre to the next. The expectation interpolates between neighbouring bins wherever the
+    network hedges between them, is smooth in the logits (differentiable), and is the
+    squared-error-optimal estimate under the predicted distribution. Its caveat: for a
+    two-peaked distribution (at a motion boundary) it lands between the peaks, where argmax
+    picks one of them.
+
+    Raises ``ValueError`` for malformed logits or an unknown ``mode``.
+    """
+    x_logits, y_logits = _split_logits(logits)
+    num_bins = x_logits.shape[1]
+    centres = bin_centres(num_bins, flow_range, device=logits.device).view(1, num_bins, 1, 1)
+    if mode == "expectation":
+        components = [
+            (part.float().softmax(dim=1) * centres).sum(dim=1) for part in (x_logits, y_logits)
+        ]
+    elif mode == "argmax":
+        components = [centres.view(-1)[part.argmax(dim=1)] for part in (x_logits, y_logits)]
+    else:
+        raise ValueError(f"unknown bins_to_flow mode {mode!r}; choose one of: argmax, expectation")
+    return torch.stack(components, dim=1)
+
+
+def cmp_loss(
+    logits: Tensor, flow: Tensor, valid: Tensor | None = None, flow_range: float = FLOW_RANGE
+) -> Tensor:
+    """The CMP loss: per-component cross-entropy over flow bins, summed, mean over valid pixels.
+
+    ``logits`` ``(B, 2n, h, w)`` (x bins, then y bins; any resolution, usually stride 8) are
+    first upsampled bilinearly to the target's ``(H, W)`` (as the paper does), then each pixel
+    contributes ``CE(x logits, x bin) + CE(y logits, y bin)`` in nats, the targets being
+    ``flow_to_bins(flow, n, flow_range)`` of the ``(B, 2, H, W)`` flow in px. The result is the
+    mean of that per-pixel sum over the pixels where ``valid`` ``(B, H, W)`` bool is True
+    (``None``: every pixel), across the whole batch, so every valid pixel weighs the same
+    whatever its image. With no valid pixel at all the loss is 0 (and its gradient zero).
+    A random-init network starts near ``2 * ln(n)`` (9.19 for 99 bins).
+
+    Raises ``ValueError`` for malformed or mismatched shapes.
+    """
+    x_logits, _ = _split_logits(logits)
+    num_bins = x_logits.shape[1]
+    _check_flow(flow)
+    batch, _, height, width = flow.shape
+    if logits.shape[0] != batch:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and flow {tuple(flow.shape)} differ in batch size"
+        )
+    if valid is not None and (valid.dtype != torch.bool or valid.shape != (batch, height, width)):
+        raise ValueError(
+            f"valid must be a bool (B, H, W) = {(batch, height, width)} tensor, got "
+            f"{valid.dtype} {tuple(valid.shape)}"
+        )
+    # In float32: a half-precision softmax over 99 bins rounds the small probabilities away.
+    logits = F.interpolate(
+        logits.float(), size=(height, width), mode="bilinear", align_corners=False
+    )
+    target = flow_to_bins(flow, num_bins, flow_range)
+    x_logits, y_logits = logits.chunk(2, dim=1)
+    per_pixel = F.cross_entropy(x_logits, target[:, 0], reduction="none") + F.cross_entropy(
+        y_logits, target[:, 1], reduction="none"
+    )
+    if valid is None:
+        return per_pixel.mean()
+    return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
