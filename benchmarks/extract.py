@@ -13,16 +13,18 @@ slows them alike:
   :func:`cmpdata.shards.write_shard` in ``shard_size`` chunks of the planned pairs), OpenCV on
   one thread as in the pipeline's workers;
 - ``extract`` through a local Ray with 1 and with 2 workers. Ray is started once, before any
-  timing (its start-up is reported on its own), so every run reuses it; a run's time is the
-  whole :func:`pipelines.extract.extract` call, planning included, and is split into planning
-  (:func:`cmpdata.plan.plan_dataset`: probing the sources) and the pipeline (from the start of
-  :func:`pipelines.extract.run_pipeline` to its last result, the driver's shard writing
-  included).
+  timing (its start-up is reported on its own), so every run reuses it. Its first run, while
+  Ray's worker processes start and import the stages, is also reported on its own, not in the
+  repeats. A run's time is the whole :func:`pipelines.extract.extract` call, planning
+  included, and is split into planning (:func:`cmpdata.plan.plan_dataset`: probing the
+  sources) and the pipeline (from the start of :func:`pipelines.extract.run_pipeline` to its
+  last result, the driver's shard writing included).
 
 Throughput is planned pairs per second (dropped pairs count: they were decoded too). The
-loop's content digest (:func:`cmpdata.tools.content_digest` over its encoded samples in plan
+loop's content digest (:func:`cmpdata.manifest.content_digest` over its encoded samples in plan
 order) is compared with each manifest's ``content_digest``: the same stages and config must
-give the same dataset.
+give the same dataset (on inputs that decode: the loop leaves out a source whose decoding
+fails, where the pipeline keeps the pairs it got).
 
 Run ``python -m benchmarks.extract [--videos PATH...] [--clips N] [--repeats R] [--quick]``:
 prints a table and writes ``bench-out/extract.json``.
@@ -38,7 +40,6 @@ import platform
 import statistics
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,46 +53,17 @@ from cmpdata.config import ExtractConfig
 from cmpdata.errors import CmpDataError
 from cmpdata.flow import build_flow
 from cmpdata.guidance import build_sampler
+from cmpdata.manifest import content_digest
 from cmpdata.plan import split_of
 from cmpdata.process import process_source
 from cmpdata.records import Dropped
 from cmpdata.shards import EncodedSample, encode_sample, shard_name, write_shard
 from cmpdata.sources import find_sources
 from cmpdata.synth import make_clips
-from cmpdata.tools import content_digest
 
 HEIGHT, WIDTH = 416, 560  # synthetic clip size (px): short side 416, the default resize
 WORKERS = (1, 2)
 GOAL_RATIO = 1.0  # extract with 2 workers at least as fast as the loop
-
-
-def cpu_seconds() -> float:
-    """CPU seconds (user + system) used so far by this process and its descendants.
-
-    Descendants are the decoder subprocesses and, as a local Ray runs under its driver, Ray's
-    processes and workers; a finished process counts once its parent has waited for it. The
-    machine is shared, so CPU time shows the work done where wall time also shows the others'.
-    Linux only (``/proc``).
-    """
-    children: dict[int, list[int]] = defaultdict(list)
-    ticks: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        # After the command name: state, ppid, ..., utime, stime, cutime, cstime (fields 3-17).
-        children[int(fields[1])].append(int(entry.name))
-        ticks[int(entry.name)] = sum(int(x) for x in fields[11:15])
-    total, todo = 0, [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        total += ticks.get(pid, 0)
-        todo += children.get(pid, [])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_loop(inputs: list[str], config: ExtractConfig, out: Path) -> dict[str, Any]:
@@ -199,15 +171,14 @@ def spread(values: list[float]) -> dict[str, Any]:
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and spread of a variant's runs: seconds, pairs/s and CPU seconds per pair."""
+    """Median and spread of a variant's runs: seconds and pairs/s, whole and by part."""
     out: dict[str, Any] = {"pairs": runs[0]["pairs"], "written": runs[0]["written"]}
-    for key in ("seconds", "plan_seconds", "pipeline_seconds", "cpu_seconds"):
+    for key in ("seconds", "plan_seconds", "pipeline_seconds"):
         if key in runs[0]:
             out[key] = spread([r[key] for r in runs])
     out["pairs_per_s"] = spread([r["pairs"] / r["seconds"] for r in runs])
     if "pipeline_seconds" in runs[0]:
         out["pipeline_pairs_per_s"] = spread([r["pairs"] / r["pipeline_seconds"] for r in runs])
-    out["cpu_s_per_pair"] = spread([r["cpu_seconds"] / r["pairs"] for r in runs])
     return out
 
 
@@ -222,15 +193,15 @@ def machine() -> dict[str, Any]:
     }
 
 
-def measured(name: str, inputs: list[str], config: ExtractConfig, out: Path) -> dict[str, Any]:
-    """One run of ``loop`` or ``extract Nw`` into ``out``, with its CPU time and the load."""
+def measured(workers: int | None, inputs: list[str], config: ExtractConfig, out: Path
+             ) -> dict[str, Any]:  # fmt: skip
+    """One run into ``out``: the loop (``workers`` None) or ``extract``; with the load before."""
     load = os.getloadavg()[0]
-    cpu = cpu_seconds()
-    if name == "loop":
+    if workers is None:
         result = run_loop(inputs, config, out)
     else:
-        result = run_extract(inputs, config, int(name.split()[1].rstrip("w")), out)
-    return result | {"cpu_seconds": cpu_seconds() - cpu, "load_1min_before": load}
+        result = run_extract(inputs, config, workers, out)
+    return result | {"load_1min_before": load}
 
 
 def run(videos: list[Path], clips: int, frames: int, repeats: int) -> dict[str, Any]:
@@ -245,14 +216,13 @@ def run(videos: list[Path], clips: int, frames: int, repeats: int) -> dict[str, 
         ray_seconds = start_ray(max(WORKERS))
         # The first run after Ray's start waits for its worker processes to start and import
         # the stages: shown apart, so that the repeats compare the variants alike.
-        first_name = f"extract {max(WORKERS)}w"
-        first = measured(first_name, inputs, config, Path(tempfile.mkdtemp(dir=tmp)))
-        print(f"  {first_name:<12} first run: {first['seconds']:.1f} s", flush=True)
-        runs: dict[str, list[dict[str, Any]]] = {"loop": []}
-        runs |= {f"extract {w}w": [] for w in WORKERS}
+        first = measured(max(WORKERS), inputs, config, Path(tempfile.mkdtemp(dir=tmp)))
+        print(f"  extract {max(WORKERS)}w first run: {first['seconds']:.1f} s", flush=True)
+        variants = {"loop": None} | {f"extract {w}w": w for w in WORKERS}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
         for repeat in range(repeats):
-            for name in runs:
-                result = measured(name, inputs, config, Path(tempfile.mkdtemp(dir=tmp)))
+            for name, workers in variants.items():
+                result = measured(workers, inputs, config, Path(tempfile.mkdtemp(dir=tmp)))
                 runs[name].append(result | {"repeat": repeat})
                 print(f"  {name:<12} repeat {repeat}: {result['seconds']:.1f} s, "
                       f"load {result['load_1min_before']:.1f}", flush=True)  # fmt: skip
@@ -307,7 +277,7 @@ def print_table(result: dict[str, Any]) -> None:
     )
     header = (
         f"{'run':<12}{'pairs/s':>20}{'run s':>7}{'plan s':>8}{'pipeline s':>12}"
-        f"{'pipeline pairs/s':>18}{'CPU s/pair':>12}"
+        f"{'pipeline pairs/s':>18}"
     )
     print(header)
     print("-" * len(header))
@@ -320,9 +290,7 @@ def print_table(result: dict[str, Any]) -> None:
         if "plan_seconds" in s:
             line += (f"{s['plan_seconds']['median']:>8.1f}{s['pipeline_seconds']['median']:>12.1f}"
                      f"{cell(s['pipeline_pairs_per_s']):>18}")  # fmt: skip
-        else:
-            line += f"{'':>38}"
-        print(line + f"{s['cpu_s_per_pair']['median']:>12.2f}")
+        print(line)
     ratio = result["extract_2w_over_loop"]
     verdict = "met" if ratio >= result["goal_ratio"] else "NOT met"
     print(f"scaling 2 workers / 1 worker: {result['scaling_2w_over_1w']:.2f}x")

@@ -32,6 +32,7 @@ stats               ``bytes_per_sample``, ``seconds``, ``pairs_per_second`` of t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -44,6 +45,15 @@ from cmpdata.records import Dropped
 
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
+
+
+def content_digest(pairs: Iterable[tuple[str, str]]) -> str:
+    """sha256 (hex) over ``"sample_id\\tdigest\\n"`` for each (sample id, sample digest) pair,
+    in the order given: the ``content_digest`` of a manifest (see the module docstring)."""
+    h = hashlib.sha256()
+    for sample_id, digest in pairs:
+        h.update(f"{sample_id}\t{digest}\n".encode())
+    return h.hexdigest()
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -4,19 +4,17 @@ a picture of one sample (show).
 Each function returns data (a dict, a :class:`VerifyReport`, a path) and has a ``format_*``
 companion that turns it into the text the ``cmpdata`` command prints.
 
-The dataset's content digest (``manifest.json``'s ``content_digest``) is defined here, by
-:func:`content_digest`, and computed by the pipeline that writes the dataset with the same
-function: sha256 over one line ``"<sample id>\\t<sample digest>\\n"`` per sample, in shard
+The dataset's content digest (``manifest.json``'s ``content_digest``) is defined by
+:func:`cmpdata.manifest.content_digest`, which both the pipeline that writes the dataset and
+``verify`` use: sha256 over one line ``"<sample id>\\t<sample digest>\\n"`` per sample, in shard
 order (shard index, then row), where the sample digest is
 :meth:`cmpdata.shards.EncodedSample.digest`, as stored in each shard's ``digest`` dataset.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from cmpdata.dataset import (
     shard_errors,
 )
 from cmpdata.errors import CmpDataError
-from cmpdata.manifest import FAILURES, read_failures, read_manifest
+from cmpdata.manifest import FAILURES, content_digest, read_failures, read_manifest
 from cmpdata.shards import SPLITS, ShardError, ShardReader, file_sha256
 from cmpdata.viz import flow_figure, save_png
 
@@ -41,15 +39,6 @@ _PROVENANCE = ("config", "flow_backend", "codec")
 # Percentiles are taken over at most this many valid pixels of each flow (evenly strided);
 # the mean and the maximum use every pixel.
 _PIXELS_PER_FLOW = 20_000
-
-
-def content_digest(pairs: Iterable[tuple[str, str]]) -> str:
-    """sha256 (hex) over ``"sample_id\\tdigest\\n"`` for each (sample id, sample digest) pair,
-    in the order given: the ``content_digest`` of a manifest (see the module docstring)."""
-    h = hashlib.sha256()
-    for sample_id, digest in pairs:
-        h.update(f"{sample_id}\t{digest}\n".encode())
-    return h.hexdigest()
 
 
 # Inspect -----------------------------------------------------------------------------------

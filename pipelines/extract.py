@@ -8,10 +8,13 @@ The run, in order:
 3. plan (:mod:`cmpdata.plan`): the ordered samples and their shards;
 4. compare with what the directory already holds: same plan -> resume (finished shards are
    kept), different -> refuse naming the differences, unless ``overwrite``;
-5. stream the unfinished shards' work through Ray Data: decode (CPU tasks) -> flow (an actor
-   pool, batched; one actor per GPU with ``num_gpus``) -> filters, guidance, encoding (CPU
-   tasks); the driver gathers each shard's samples and writes the shard when its last planned
-   sample has arrived (atomic file, then its ``shard-NNNNN.json`` done marker);
+5. stream the unfinished shards' work through Ray Data. With GPUs: decode (CPU tasks) ->
+   flow (an actor pool, batched, one actor per GPU) -> filters, guidance, encoding (CPU
+   tasks). On CPU the same three steps run in one task per work item, so that frames stay in
+   the worker that decoded them (measured in ``benchmarks/extract.py``: passing each pair's
+   frames through the object store and starting flow actors made 2 workers slower than a
+   plain loop on 2 cores). The driver gathers each shard's samples and writes the shard when
+   its last planned sample has arrived (atomic file, then its ``shard-NNNNN.json`` marker);
 6. write ``failures.jsonl`` and the completed ``manifest.json``.
 
 Rows travel between stages as ``{"shard": int, "payload": bytes}``: the payload is a pickled
@@ -43,10 +46,11 @@ from cmpdata.decode import iter_pairs
 from cmpdata.errors import CmpDataError
 from cmpdata.filters import check_frames
 from cmpdata.flow import FlowBackend, build_flow
-from cmpdata.guidance import build_sampler
+from cmpdata.guidance import GuidanceSampler, build_sampler
 from cmpdata.manifest import (
     FAILURES,
     MANIFEST,
+    content_digest,
     read_failures,
     read_manifest,
     write_failures,
@@ -57,7 +61,6 @@ from cmpdata.process import compute_flows, finish_sample
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
 from cmpdata.shards import SCHEMA_VERSION, EncodedSample, encode_sample, shard_name, write_shard
 from cmpdata.sources import find_sources
-from cmpdata.tools import content_digest
 
 LOCK = ".lock"
 # A work item is at most this many pairs of one source: long videos are split so that the
@@ -148,11 +151,9 @@ def _limit_threads() -> None:
     cv2.setNumThreads(1)
 
 
-def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, Any]]:
-    """One work item -> its frame pairs (after the frame filters) and dropped pairs."""
-    _limit_threads()
-    item: WorkItem = pickle.loads(row["payload"])
-    out: list[object] = []
+def decode_item(item: WorkItem, config: ExtractConfig) -> list[FramePair | Dropped]:
+    """One work item's frame pairs (after the frame filters) and dropped pairs."""
+    out: list[FramePair | Dropped] = []
     seen: set[tuple[int, int]] = set()
     try:
         for x in iter_pairs(item.source, config.pairs, item.info, config.filters.crop, item.pairs):
@@ -166,8 +167,30 @@ def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, A
         reason = f"unexpected error: {type(exc).__name__}: {exc}"
         out += [Dropped(item.source.id, t0, t1, "error", reason)
                 for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
-    batch = _batch([item.shard] * len(out), out)
+    return out
+
+
+def _item_rows(item: WorkItem, records: Sequence[object]) -> list[dict[str, Any]]:
+    batch = _batch([item.shard] * len(records), records)
     return [{"shard": item.shard, "payload": p} for p in batch["payload"]]
+
+
+def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, Any]]:
+    """Ray Data flat_map: one work item -> its frame pairs and dropped pairs."""
+    _limit_threads()
+    item: WorkItem = pickle.loads(row["payload"])
+    return _item_rows(item, decode_item(item, config))
+
+
+def flow_records(records: Sequence[object], backend: FlowBackend, consistency: bool
+                 ) -> list[object]:  # fmt: skip
+    """Each FramePair -> its FlowSample (computed as one batch); other records pass through."""
+    out = list(records)
+    todo = [i for i, r in enumerate(out) if isinstance(r, FramePair)]
+    flows = compute_flows([out[i] for i in todo], backend, consistency)
+    for i, sample in zip(todo, flows, strict=True):
+        out[i] = sample
+    return out
 
 
 class FlowStage:
@@ -180,18 +203,12 @@ class FlowStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards, records = _unbatch(batch)
-        todo = [i for i, r in enumerate(records) if isinstance(r, FramePair)]
-        flows = compute_flows([records[i] for i in todo], self.backend, self.consistency)
-        for i, sample in zip(todo, flows, strict=True):
-            records[i] = sample
-        return _batch(shards, records)
+        return _batch(shards, flow_records(records, self.backend, self.consistency))
 
 
-def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[str, np.ndarray]:
+def finish_records(records: Sequence[object], sampler: GuidanceSampler, config: ExtractConfig
+                   ) -> list[object]:  # fmt: skip
     """Flow filters, guidance and encoding: each FlowSample -> EncodedSample (or Dropped)."""
-    _limit_threads()
-    sampler = build_sampler(config.guidance)
-    shards, records = _unbatch(batch)
     out: list[object] = []
     for record in records:
         result = record if isinstance(record, Dropped) else finish_sample(record, sampler, config)
@@ -199,7 +216,34 @@ def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[st
             split = split_of(result.sample.pair.source_id, config.val_fraction)
             result = encode_sample(result, split, config.codec, config.jpeg_quality)
         out.append(result)
-    return _batch(shards, out)
+    return out
+
+
+def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[str, np.ndarray]:
+    """Ray Data map_batches: flow samples -> encoded samples (or dropped pairs)."""
+    _limit_threads()
+    shards, records = _unbatch(batch)
+    return _batch(shards, finish_records(records, build_sampler(config.guidance), config))
+
+
+_BACKENDS: dict[str, FlowBackend] = {}  # per worker process: Ray reuses its task workers
+
+
+def cpu_stage(row: dict[str, Any], config: ExtractConfig, options: dict[str, Any],
+              batch_size: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Ray Data flat_map for a CPU flow backend: one work item through every stage."""
+    _limit_threads()
+    item: WorkItem = pickle.loads(row["payload"])
+    key = json.dumps([config.flow, options], sort_keys=True, default=str)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = build_flow(config.flow, **options)
+    sampler = build_sampler(config.guidance)
+    records = decode_item(item, config)
+    out: list[object] = []
+    for k in range(0, len(records), batch_size):
+        flowed = flow_records(records[k : k + batch_size], _BACKENDS[key], config.consistency)
+        out += finish_records(flowed, sampler, config)
+    return _item_rows(item, out)
 
 
 # ---------------------------------------------------------------- driver
@@ -363,23 +407,26 @@ def run_pipeline(items: Sequence[WorkItem], config: ExtractConfig, run: RunSetti
     workers = run.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     rows = [{"shard": it.shard, "payload": pickle.dumps(it)} for it in items]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-    # Every stage is CPU work. Flow actors that each held a whole CPU would leave none for
-    # the decode and encode tasks (the pipeline would stall), so on CPU every stage asks for
-    # half a CPU: as many flow actors as workers, and the tasks fill the rest; the OS shares
-    # the cores. With GPUs, each flow actor holds one GPU and one CPU.
-    task_cpus = 0.5
-    ds = ds.flat_map(decode_stage, fn_kwargs={"config": config}, num_cpus=task_cpus)
-    ds = ds.map_batches(
-        FlowStage,
-        fn_constructor_kwargs={"config": config, "options": options},
-        batch_size=run.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.num_gpus or workers),
-        num_gpus=1 if run.num_gpus else 0,
-        num_cpus=1 if run.num_gpus else task_cpus,
-    )
-    ds = ds.map_batches(
-        finish_stage, fn_kwargs={"config": config}, batch_size=run.batch_size, num_cpus=task_cpus
-    )
+    if run.num_gpus:
+        # Each flow actor holds one GPU and one CPU; decoding and encoding are CPU tasks.
+        task_cpus = 0.5
+        ds = ds.flat_map(decode_stage, fn_kwargs={"config": config}, num_cpus=task_cpus)
+        ds = ds.map_batches(
+            FlowStage,
+            fn_constructor_kwargs={"config": config, "options": options},
+            batch_size=run.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.num_gpus),
+            num_gpus=1,
+            num_cpus=1,
+        )
+        ds = ds.map_batches(finish_stage, fn_kwargs={"config": config},
+                            batch_size=run.batch_size, num_cpus=task_cpus)  # fmt: skip
+    else:
+        # On CPU one task takes a work item through every stage: its frames stay in the
+        # worker that decoded them (no trip through the object store), no flow actor has to
+        # start, and `workers` tasks of one CPU each keep `workers` cores busy.
+        ds = ds.flat_map(cpu_stage, concurrency=workers, fn_kwargs={
+            "config": config, "options": options, "batch_size": run.batch_size})  # fmt: skip
     for row in ds.iter_rows():
         yield int(row["shard"]), pickle.loads(row["payload"])
 

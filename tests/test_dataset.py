@@ -23,13 +23,12 @@ from cmpdata.codec import FlowCodec
 from cmpdata.dataset import ShardDataset
 from cmpdata.errors import CmpDataError
 from cmpdata.guidance import GuidanceConfig, build_sampler
-from cmpdata.manifest import MANIFEST, write_json_atomic
+from cmpdata.manifest import MANIFEST, content_digest, write_json_atomic
 from cmpdata.process import guide
 from cmpdata.records import FlowSample, FramePair
 from cmpdata.shards import EncodedSample, ShardError, StoredSample, encode_sample, write_shard
 from cmpdata.shards import shard_name as name_of
 from cmpdata.synth import SynthConfig, SyntheticClip
-from cmpdata.tools import content_digest
 
 CONFIG = {"pairs": {"gap": 2}, "seed": 0}
 BACKEND = {"name": "ground-truth", "params": {}, "weights_sha256": None}
