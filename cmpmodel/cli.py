@@ -1,12 +1,96 @@
-"""The ``cmpmodel`` command (training, evaluation and export arrive with the model)."""
+"""The ``cmpmodel`` command: train, eval, propagate, export-encoder.
+
+Each command parses its arguments and calls one library function. Expected failures (missing
+data, a corrupt checkpoint, a bad option) print one line and exit with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import yaml
+
+from cmpdata.errors import CmpDataError
 from cmpmodel import __version__
+from cmpmodel.evaluate import evaluate, format_table
+from cmpmodel.propagate import propagate
+from cmpmodel.train import TrainConfig, export_encoder, train
+
+EXIT_ERROR = 2
+# Command-line options that override a TrainConfig field of the same name when given.
+_TRAIN_OVERRIDES = ("data", "out", "arch", "iters", "batch_size", "lr", "workers", "crop", "seed")
+
+
+def read_train_config(args: argparse.Namespace) -> Any:
+    """The :class:`TrainConfig` of ``cmpmodel train``: defaults, then the YAML
+    file's keys, then the options given; ``ValueError`` for an unknown key or bad value."""
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        path = Path(args.config)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise CmpDataError(f"{path}: cannot read the configuration ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise CmpDataError(f"{path}: the configuration must be a mapping of TrainConfig keys")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise CmpDataError(f"{path}: unknown keys {unknown}; TrainConfig has {sorted(known)}")
+        values.update(loaded)
+    values.update({k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k) is not None})
+    if args.resume:
+        values["resume"] = True
+    if not values.get("data"):
+        raise CmpDataError("no training data: give --data DIR or 'data' in --config")
+    try:
+        return TrainConfig(**values)
+    except TypeError as exc:
+        raise ValueError(f"bad training configuration: {exc}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    summary = train(read_train_config(args))
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    result = evaluate(args.data, args.checkpoint, args.split, args.max_samples, args.guidance_seed)
+    print(format_table(result))
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def parse_guide(text: str) -> tuple[float, float, float, float]:
+    """``"X,Y,DX,DY"`` -> four floats (px)."""
+    parts = text.split(",")
+    try:
+        x, y, dx, dy = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected X,Y,DX,DY (four numbers), got {text!r}"
+        ) from None
+    return x, y, dx, dy
+
+
+def cmd_propagate(args: argparse.Namespace) -> int:
+    propagate(args.checkpoint, args.image, args.guide, args.out)
+    print(args.out)
+    return 0
+
+
+def cmd_export_encoder(args: argparse.Namespace) -> int:
+    keys = export_encoder(args.checkpoint, args.out)
+    print(f"{args.out}: {len(keys)} tensors")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,13 +98,54 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cmpmodel", description="Train and evaluate Conditional Motion Propagation models."
     )
     parser.add_argument("--version", action="version", version=f"cmpmodel {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train CMP (torchrun for several processes)")
+    train.add_argument("--data", nargs="+", help="dataset directories")
+    train.add_argument("--out", help="run directory (log.csv, pictures/, checkpoint.pt)")
+    train.add_argument("--config", help="YAML file of TrainConfig keys")
+    train.add_argument("--arch", help="image encoder: alexnet, resnet50, tiny")
+    train.add_argument("--iters", type=int, help="optimizer steps in the whole run")
+    train.add_argument("--batch-size", type=int, help="samples per process")
+    train.add_argument("--lr", type=float, help="base learning rate (default: 0.1 x batch/160)")
+    train.add_argument("--workers", type=int, help="DataLoader workers per process")
+    train.add_argument("--crop", type=int, help="training crop side, px (multiple of 8)")
+    train.add_argument("--seed", type=int, help="seed of the run")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.set_defaults(func=cmd_train)
+
+    ev = commands.add_parser("eval", help="EPE of a model and of baselines on a split")
+    ev.add_argument("--data", nargs="+", required=True, help="dataset directories")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--split", default="val", choices=("train", "val"))
+    ev.add_argument("--max-samples", type=int)
+    ev.add_argument("--guidance-seed", type=int, default=0)
+    ev.add_argument("--json", help="also write the result to this JSON file")
+    ev.set_defaults(func=cmd_eval)
+
+    prop = commands.add_parser("propagate", help="propagate given guides over one image")
+    prop.add_argument("--checkpoint", required=True)
+    prop.add_argument("--image", required=True)
+    prop.add_argument("--guide", required=True, nargs="+", type=parse_guide, metavar="X,Y,DX,DY")
+    prop.add_argument("--out", required=True, help="PNG to write")
+    prop.set_defaults(func=cmd_propagate)
+
+    export = commands.add_parser("export-encoder", help="save the trained image encoder")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--out", required=True, help=".pth file to write")
+    export.set_defaults(func=cmd_export_encoder)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("cmpmodel: no commands yet; see README.md", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CmpDataError, ValueError) as exc:
+        print(f"cmpmodel: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

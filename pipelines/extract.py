@@ -63,9 +63,12 @@ from cmpdata.shards import SCHEMA_VERSION, EncodedSample, encode_sample, shard_n
 from cmpdata.sources import find_sources
 
 LOCK = ".lock"
-# A work item is at most this many pairs of one source: long videos are split so that the
-# work spreads over the workers; each piece decodes its own frames.
-PAIRS_PER_ITEM = 16
+# A work item is a run of pairs of one source within one shard. Each item decodes its video
+# from the start, so long videos should not be cut into many items; but a small dataset needs
+# enough items to keep every worker busy. Items hold at least MIN_PAIRS_PER_ITEM pairs and
+# are made small enough that there are about ITEMS_PER_WORKER items per worker.
+MIN_PAIRS_PER_ITEM = 16
+ITEMS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -352,17 +355,19 @@ def check_existing(out: Path, plan: Plan, overwrite: bool) -> None:
     )
 
 
-def work_items(plan: Plan, shards: Sequence[int]) -> list[WorkItem]:
-    """The unfinished shards' samples, as pieces of at most PAIRS_PER_ITEM pairs of one source."""
+def work_items(plan: Plan, shards: Sequence[int], workers: int) -> list[WorkItem]:
+    """The unfinished shards' samples as work items (see MIN_PAIRS_PER_ITEM)."""
+    total = sum(len(plan.shard(i)) for i in shards)
+    size = max(MIN_PAIRS_PER_ITEM, -(-total // (ITEMS_PER_WORKER * max(1, workers))))
     items: list[WorkItem] = []
     for index in shards:
         by_source: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for s in plan.shard(index):
             by_source[s.source_id].append((s.t0, s.t1))
         for source_id, pairs in by_source.items():
-            for k in range(0, len(pairs), PAIRS_PER_ITEM):
+            for k in range(0, len(pairs), size):
                 items.append(WorkItem(index, plan.sources[source_id], plan.infos[source_id],
-                                      tuple(pairs[k : k + PAIRS_PER_ITEM])))  # fmt: skip
+                                      tuple(pairs[k : k + size])))  # fmt: skip
     return items
 
 
@@ -392,9 +397,9 @@ def _flow_options(config: ExtractConfig, run: RunSettings) -> dict[str, Any]:
     return options
 
 
-def run_pipeline(items: Sequence[WorkItem], config: ExtractConfig, run: RunSettings,
+def run_pipeline(plan: Plan, shards: Sequence[int], run: RunSettings,
                  options: dict[str, Any]) -> Iterator[tuple[int, object]]:  # fmt: skip
-    """Stream (shard index, EncodedSample | Dropped) for every planned pair of ``items``."""
+    """Stream (shard index, EncodedSample | Dropped) for every planned pair of ``shards``."""
     import ray
     import ray.data
 
@@ -404,7 +409,9 @@ def run_pipeline(items: Sequence[WorkItem], config: ExtractConfig, run: RunSetti
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is on the driver
     ctx.enable_operator_progress_bars = False
+    config = plan.config
     workers = run.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    items = work_items(plan, shards, workers)
     rows = [{"shard": it.shard, "payload": pickle.dumps(it)} for it in items]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     if run.num_gpus:
@@ -534,7 +541,7 @@ def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
         bar = tqdm(total=total, desc="extracting", unit="pair", disable=not run.progress or None)
         with bar:
             if todo:
-                for shard, record in run_pipeline(work_items(plan, todo), config, run, options):
+                for shard, record in run_pipeline(plan, todo, run, options):
                     collector.add(shard, record)
                     computed += 1
                     errors += isinstance(record, Dropped) and record.stage == "error"

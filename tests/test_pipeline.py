@@ -175,3 +175,26 @@ def test_unusable_output_directory_is_refused_before_work(synth_clips: Path, tmp
     blocker.write_text("x")
     with pytest.raises(CmpDataError, match="cannot create the output directory"):
         extract(videos(synth_clips), blocker / "ds", CONFIG, QUIET)
+
+
+def test_work_items_keep_long_videos_whole_but_feed_every_worker():
+    from cmpdata.plan import Plan, PlannedSample
+    from cmpdata.records import Source, VideoInfo
+    from pipelines.extract import work_items
+
+    sources = {k: Source(k, Path(k), "video") for k in ("long.mp4", "short.mp4")}
+    infos = {k: VideoInfo(64, 64, 10**6) for k in sources}
+    samples = [PlannedSample("long.mp4", t, t + 3, "train") for t in range(0, 30000, 10)]
+    samples += [PlannedSample("short.mp4", t, t + 3, "train") for t in range(0, 100, 10)]
+    plan = Plan(ExtractConfig(shard_size=1000), {}, sources, infos, [], samples)
+    few = work_items(plan, range(plan.num_shards), workers=1)
+    many = work_items(plan, range(plan.num_shards), workers=64)
+    for items in (few, many):
+        # Every planned pair exactly once, each item within one shard and one source.
+        got = [(i.source.id, p) for i in items for p in i.pairs]
+        assert got == [(s.source_id, (s.t0, s.t1)) for s in samples]
+        assert all(i.shard == plan.samples.index(
+            next(s for s in samples if s.source_id == i.source.id and (s.t0, s.t1) == i.pairs[0])
+        ) // 1000 for i in items)  # fmt: skip
+    assert len(few) < 10  # one worker: few long items, few restarts of the decoder
+    assert len(many) >= 4 * 32 and max(len(i.pairs) for i in many) == 16

@@ -1,0 +1,598 @@
+"""Training CMP: one file, top to bottom (REFERENCE.md, "Training").
+
+::
+
+    config = TrainConfig(data=["data/yfcc"], out="runs/r50", iters=70_000)
+    train(config)           # or: cmpmodel train --data data/yfcc --out runs/r50
+
+SGD with momentum 0.9 and weight decay 1e-4; the learning rate is a pure function of the step
+(:func:`lr_at`): the paper's 0.1 for a total batch of 160, scaled linearly with the total
+batch, divided by 10 at 57% and again at 86% of the run, after an optional linear warm-up.
+Mixed precision (bfloat16) is one ``torch.autocast`` context, on CUDA only. Distributed data
+parallel training switches on when ``torchrun`` sets ``WORLD_SIZE`` > 1: one process per GPU
+(NCCL) or per CPU worker (gloo); rank 0 alone logs and writes.
+
+Everything goes to ``config.out``: ``log.csv`` (step, epoch, loss, lr, samples/s),
+``pictures/step-NNNNNNN.png`` (input with guidance | predicted flow | target flow),
+``checkpoint.pt`` (written atomically) and TensorBoard events when ``tensorboard`` is
+installed. A checkpoint holds only tensors and plain Python values (``torch.load(...,
+weights_only=True)`` reads it): the model, the optimizer, the step, the position in the
+epoch, the RNG states and the configs as dicts. ``resume=True`` continues from it: the data
+order is a function of (seed, epoch), so the batches already consumed in the current epoch
+are skipped and the run goes on exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import math
+import os
+import pickle
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cmpdata.dataset import ShardDataset
+from cmpdata.errors import CmpDataError
+from cmpdata.records import Guidance
+from cmpdata.viz import draw_guidance, flow_to_color, panel, save_png
+from cmpmodel.data import TrainTransform, TrainTransformConfig, make_train_loader
+from cmpmodel.loss import bins_to_flow, cmp_loss
+from cmpmodel.model import (
+    ARCHS,
+    CMP,
+    ModelConfig,
+    ResNet50Encoder,
+    arch_settings,
+    build_model,
+    image_encoder_state_dict,
+    resnet50_backbone_state_dict,
+)
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.csv"
+PICTURES = "pictures"
+PAPER_LR = 0.1  # the paper's learning rate ...
+PAPER_BATCH = 160  # ... for this total batch (10 per GPU on 16 GPUs)
+LOG_COLUMNS = ("step", "epoch", "loss", "lr", "samples_per_s")
+
+
+class CheckpointError(CmpDataError):
+    """A checkpoint is missing, unreadable, or does not fit the model or run it is loaded into."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class TrainConfig:
+    """One training run; the defaults are the paper's ResNet-50 setting (REFERENCE.md)."""
+
+    data: list[str] = field(default_factory=list)  # dataset directories (or shard files)
+    out: str = "runs/cmp"  # run directory: log.csv, pictures/, checkpoint.pt
+    arch: str = "resnet50"  # image encoder: alexnet, resnet50, tiny
+    skip: bool = False  # decoder with encoder skip features (the annotation-demo variant)
+    tiny_width: int = 32  # channel width of the tiny encoder (tests, demos)
+    decoder_width: int = 128  # channels of each decoder branch
+    iters: int = 70_000  # optimizer steps in the whole run
+    batch_size: int = 10  # samples per process (per GPU); the total is this x world size
+    lr: float | None = None  # base lr; None: 0.1 x total batch / 160 (the paper, scaled)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD weight decay (L2), on every parameter
+    lr_steps: tuple[float, ...] = (0.57, 0.86)  # fractions of iters where the lr is cut
+    lr_decay: float = 0.1  # factor applied to the lr at each step in lr_steps
+    warmup_iters: int = 0  # linear warm-up from lr / warmup_iters to lr over these steps
+    grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    crop: int | None = None  # training crop side, px (multiple of 8); None: the arch's (320/384)
+    flip: bool = True  # random horizontal flips
+    use_stored_guidance: bool = False  # crop the extraction's guidance instead of redrawing it
+    skip_damaged: bool = False  # leave damaged shards out (with a warning) instead of failing
+    workers: int = 4  # DataLoader worker processes per training process
+    seed: int = 0  # seeds the model init, the data order, crops, flips and guidance
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    log_every: int = 20  # steps between log.csv rows (and TensorBoard scalars)
+    ckpt_every: int = 1000  # steps between checkpoints (and one at the end)
+    keep_checkpoints: bool = False  # also keep checkpoint-<step>.pt at every checkpoint
+    picture_every: int = 1000  # steps between pictures in out/pictures; 0: none
+    resume: bool = False  # continue from out/checkpoint.pt
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, os.PathLike)):
+            self.data = [self.data]
+        self.data = [str(d) for d in self.data]
+        self.out = str(self.out)
+        self.lr_steps = tuple(float(f) for f in self.lr_steps)
+        ARCHS.get(self.arch)
+        for name in ("iters", "batch_size", "log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_iters", "workers", "picture_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
+        if not all(0 < f <= 1 for f in self.lr_steps):
+            raise ValueError(f"lr_steps must be fractions in (0, 1], got {self.lr_steps}")
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            arch=self.arch,
+            skip=self.skip,
+            tiny_width=self.tiny_width,
+            decoder_width=self.decoder_width,
+        )
+
+    def transform_config(self) -> TrainTransformConfig:
+        settings = arch_settings(self.arch)
+        return TrainTransformConfig(
+            crop=settings.crop_size if self.crop is None else self.crop,
+            flip=self.flip,
+            guidance=settings.guidance,
+            use_stored_guidance=self.use_stored_guidance,
+            seed=self.seed,
+        )
+
+
+def base_lr(config: TrainConfig, world_size: int = 1) -> float:
+    """``config.lr``, or the paper's 0.1 scaled linearly to the total batch."""
+    if config.lr is not None:
+        return config.lr
+    return PAPER_LR * config.batch_size * world_size / PAPER_BATCH
+
+
+def lr_at(step: int, config: TrainConfig, world_size: int = 1) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of a run with ``world_size``
+    processes: :func:`base_lr`, times ``lr_decay`` for each fraction ``f`` of ``lr_steps``
+    with ``step >= round(f * iters)``, times ``(step + 1) / warmup_iters`` during warm-up."""
+    lr = base_lr(config, world_size)
+    lr *= config.lr_decay ** sum(step >= round(f * config.iters) for f in config.lr_steps)
+    if step < config.warmup_iters:
+        lr *= (step + 1) / config.warmup_iters
+    return lr
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+
+def plain(value: Any) -> Any:
+    """``value`` with tuples as lists and dataclasses as dicts: what ``weights_only`` loads."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``: a
+    crash leaves the previous checkpoint whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+REQUIRED_KEYS = ("model", "model_config", "config", "step")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint read with ``torch.load(weights_only=True)`` onto the CPU.
+
+    Raises :class:`CheckpointError` naming ``path`` if it is missing, not a checkpoint
+    (corrupt, truncated, or holding more than tensors and plain values) or lacks a key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(path, f"not a readable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(path, f"not a checkpoint (holds a {type(checkpoint).__name__})")
+    missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
+    if missing:
+        raise CheckpointError(path, f"not a cmpmodel checkpoint (missing {', '.join(missing)})")
+    return checkpoint
+
+
+def load_model(path: str | Path) -> tuple[CMP, dict[str, Any]]:
+    """The model stored in checkpoint ``path`` (on the CPU, eval mode) and the checkpoint.
+
+    Raises :class:`CheckpointError` naming ``path`` as :func:`load_checkpoint` does, or when
+    its weights do not fit the model its configuration describes.
+    """
+    checkpoint = load_checkpoint(path)
+    try:
+        model = build_model(ModelConfig(**checkpoint["model_config"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(path, f"bad model configuration ({exc})") from None
+    load_weights(model, checkpoint["model"], path)
+    return model.eval(), checkpoint
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Tensor], path: str | Path) -> None:
+    """``model.load_state_dict(state)``, strict; :class:`CheckpointError` naming ``path`` if
+    the keys or shapes differ."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise CheckpointError(path, f"weights do not fit the model: {detail}") from None
+
+
+def export_encoder(checkpoint: str | Path, out: str | Path) -> list[str]:
+    """Write the trained image encoder's weights to ``out`` (``torch.save`` of a state dict).
+
+    ResNet-50: the backbone under torchvision's names (loads into
+    ``torchvision.models.resnet50()`` with ``strict=False``, only ``fc`` missing); other
+    encoders: the encoder's own state dict. Returns the keys written. Raises
+    :class:`CheckpointError` for a bad checkpoint.
+    """
+    model, _ = load_model(checkpoint)
+    encoder = model.image_encoder
+    if isinstance(encoder, ResNet50Encoder):
+        state = resnet50_backbone_state_dict(encoder)
+    else:
+        state = image_encoder_state_dict(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(dict(state), out)
+    return list(state)
+
+
+# ---------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands: its rank among ``world_size`` and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    """Join the process group that ``torchrun``'s environment describes (NCCL on CUDA, gloo
+    on CPU), or run alone when ``WORLD_SIZE`` is unset or 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world_size <= 1:
+        return Distributed(0, 1, torch.device("cuda" if cuda else "cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return Distributed(dist.get_rank(), dist.get_world_size(), device)
+
+
+def mean_over_ranks(value: Tensor, ctx: Distributed) -> float:
+    """The mean of a scalar tensor over every process (itself when alone)."""
+    value = value.detach()
+    if ctx.enabled:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= ctx.world_size
+    return float(value)
+
+
+# ------------------------------------------------------------------------------- the loop
+
+
+def skip_batches(loader: DataLoader, count: int) -> DataLoader:
+    """``loader`` without its first ``count`` batches, skipped at the sampler (no sample of
+    them is read)."""
+    if count == 0:
+        return loader
+    indices = list(loader.sampler)[count * loader.batch_size :]
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=indices,
+        num_workers=loader.num_workers,
+        drop_last=loader.drop_last,
+        pin_memory=loader.pin_memory,
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def guidance_of_map(sparse: np.ndarray) -> Guidance:
+    """The guidance a rasterised (4, H, W) map (the model's input) holds: one point (x, y)
+    per marked pixel, sorted by (y, x), with the vector (px) stored there."""
+    ys, xs = np.nonzero(sparse[2])
+    return Guidance(
+        np.stack([xs, ys], axis=1).astype(np.float32),
+        np.ascontiguousarray(sparse[:2, ys, xs].T, dtype=np.float32),
+    )
+
+
+def training_picture(
+    batch: Mapping[str, Tensor], logits: Tensor, config: TrainConfig
+) -> np.ndarray:
+    """The first item of ``batch``: input with guidance | predicted flow | target flow, both
+    flows coloured on the target's scale."""
+    transform = config.transform_config()
+    image = batch["image"][0].detach().cpu().float().numpy().transpose(1, 2, 0)
+    image = np.clip(image * transform.std + np.float32(transform.mean), 0, 255).astype(np.uint8)
+    guidance = guidance_of_map(batch["sparse"][0].cpu().numpy())
+    flow_range = config.model_config().flow_range
+    predicted = F.interpolate(
+        bins_to_flow(logits[:1].detach().float(), flow_range=flow_range),
+        size=image.shape[:2],
+        mode="bilinear",
+        align_corners=False,
+    )[0]
+    target = batch["flow"][0].cpu().numpy().transpose(1, 2, 0).astype(np.float32)
+    predicted = predicted.cpu().numpy().transpose(1, 2, 0).astype(np.float32)
+    magnitude = np.hypot(target[..., 0], target[..., 1])[batch["valid"][0].cpu().numpy()]
+    scale = max(float(magnitude.max()) if magnitude.size else 0.0, 1.0)
+    return panel(
+        [
+            draw_guidance(image, guidance),
+            flow_to_color(predicted, scale),
+            flow_to_color(target, scale),
+        ],
+        [f"input + {len(guidance)} guides", "predicted", f"target (max {scale:.3g} px)"],
+    )
+
+
+class RunLog:
+    """``log.csv`` (its rows up to the resumed step kept on resume) and TensorBoard scalars
+    when TensorBoard is installed."""
+
+    def __init__(self, out: Path, resume_step: int | None) -> None:
+        path = out / LOG
+        kept: list[list[str]] = []
+        if resume_step is not None and path.exists():
+            # Rows a crashed run logged after its last checkpoint are redone by this one.
+            with path.open(newline="") as f:
+                kept = [row for row in csv.reader(f)][1:]
+            kept = [row for row in kept if row and int(row[0]) <= resume_step]
+        self.file = path.open("w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerows([LOG_COLUMNS, *kept])
+        self.tensorboard = None
+        # TensorBoard is optional: without the package the CSV log is the record.
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, step: int, epoch: int, loss: float, lr: float, samples_per_s: float) -> None:
+        self.writer.writerow([step, epoch, repr(loss), repr(lr), f"{samples_per_s:.2f}"])
+        self.file.flush()
+        if self.tensorboard is not None:
+            for name, value in (("loss", loss), ("lr", lr), ("samples_per_s", samples_per_s)):
+                self.tensorboard.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def read_log(out: str | Path) -> list[dict[str, float]]:
+    """The rows of ``out/log.csv`` as dicts of numbers."""
+    with (Path(out) / LOG).open(newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def batches(
+    dataset: ShardDataset, config: TrainConfig, ctx: Distributed, epoch: int, position: int
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """``(epoch, position after the batch, batch)`` forever, from batch ``position`` of
+    ``epoch`` on; every epoch's order is a function of (seed, epoch)."""
+    while True:
+        loader = make_train_loader(
+            dataset,
+            config.batch_size,
+            epoch,
+            num_workers=config.workers,
+            distributed=ctx.enabled,
+            pin_memory=ctx.device.type == "cuda",
+        )
+        for index, batch in enumerate(skip_batches(loader, position), start=position + 1):
+            yield epoch, index, batch
+        epoch, position = epoch + 1, 0
+
+
+def build_dataset(config: TrainConfig, ctx: Distributed) -> ShardDataset:
+    """The training split of ``config.data`` with the training transform; raises
+    :class:`CmpDataError` when there is no data or too little for one batch per process."""
+    if not config.data:
+        raise CmpDataError("no training data: give at least one dataset directory")
+    dataset = ShardDataset(
+        config.data,
+        split="train",
+        transform=TrainTransform(config.transform_config()),
+        skip_damaged=config.skip_damaged,
+    )
+    needed = config.batch_size * ctx.world_size
+    if len(dataset) < needed:
+        raise CmpDataError(
+            f"{', '.join(config.data)}: {len(dataset)} training samples, fewer than one batch "
+            f"({config.batch_size} x {ctx.world_size} processes)"
+        )
+    return dataset
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run (or, with ``config.resume``, continue) training; returns a summary: the final
+    ``step``, the last logged ``loss``, the ``checkpoint`` path and ``samples_per_s``.
+
+    Raises :class:`CmpDataError` for missing or damaged data, :class:`CheckpointError` for a
+    missing, corrupt or mismatched checkpoint on resume, ``ValueError`` for a bad config.
+    """
+    ctx = setup_distributed()
+    try:
+        return _train(config, ctx)
+    finally:
+        if ctx.enabled:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT
+    dataset = build_dataset(config, ctx)
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    model_config = config.model_config()
+    model = build_model(model_config).to(ctx.device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=lr_at(0, config, ctx.world_size),
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    step, epoch, position = 0, 0, 0
+    if config.resume:
+        checkpoint = load_checkpoint(ckpt_path)
+        if checkpoint["model_config"] != plain(model_config):
+            raise CheckpointError(
+                ckpt_path,
+                f"was trained with {checkpoint['model_config']}, this run asks for "
+                f"{plain(model_config)}",
+            )
+        stored_batch = (checkpoint["config"].get("batch_size"), checkpoint.get("world_size"))
+        if stored_batch != (config.batch_size, ctx.world_size):
+            # The position within the epoch counts batches of the stored size.
+            raise CheckpointError(
+                ckpt_path,
+                f"was written by {stored_batch[1]} processes of batch {stored_batch[0]}; "
+                f"resume with the same, not {ctx.world_size} of {config.batch_size}",
+            )
+        load_weights(model, checkpoint["model"], ckpt_path)
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(ckpt_path, f"optimizer state does not fit ({exc})") from None
+        step, epoch, position = checkpoint["step"], checkpoint["epoch"], checkpoint["position"]
+        set_rng_state(checkpoint["rng"])
+    else:
+        torch.manual_seed(config.seed + ctx.rank)  # dropout differs across processes
+    net: nn.Module = model
+    if ctx.enabled:
+        net = DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if config.amp and ctx.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+
+    def save(step: int, epoch: int, position: int) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "position": position,
+            "world_size": ctx.world_size,
+            "rng": rng_state(),
+            "config": plain(config),
+            "model_config": plain(model_config),
+            "transform_config": plain(config.transform_config()),
+        }
+        save_atomic(state, ckpt_path)
+        if config.keep_checkpoints:
+            save_atomic(state, out / f"checkpoint-{step:07d}.pt")
+
+    log = None
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        log = RunLog(out, resume_step=step if config.resume else None)
+    total_batch = config.batch_size * ctx.world_size
+    progress = tqdm(
+        total=config.iters, initial=step, disable=not ctx.is_main, unit="it", dynamic_ncols=True
+    )
+    model.train()
+    last_loss, samples_per_s = math.nan, 0.0
+    tick, tick_step = time.perf_counter(), step
+    data = batches(dataset, config, ctx, epoch, position)
+    try:
+        while step < config.iters:
+            epoch, position, batch = next(data)
+            lr = lr_at(step, config, ctx.world_size)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            inputs = {
+                k: batch[k].to(ctx.device, non_blocking=True)
+                for k in ("image", "sparse", "flow", "valid")
+            }
+            with autocast:
+                logits = net(inputs["image"], inputs["sparse"])
+            loss = cmp_loss(logits, inputs["flow"], inputs["valid"], model_config.flow_range)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            progress.update(1)
+            if step % config.log_every == 0 or step == config.iters:
+                last_loss = mean_over_ranks(loss, ctx)
+                now = time.perf_counter()
+                samples_per_s = (step - tick_step) * total_batch / max(now - tick, 1e-9)
+                tick, tick_step = now, step
+                if log is not None:
+                    log.write(step, epoch, last_loss, lr, samples_per_s)
+                progress.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{samples_per_s:.1f}")
+            if ctx.is_main and config.picture_every and step % config.picture_every == 0:
+                picture = training_picture(inputs, logits, config)
+                save_png(out / PICTURES / f"step-{step:07d}.png", picture)
+            if ctx.is_main and (step % config.ckpt_every == 0 or step == config.iters):
+                save(step, epoch, position)
+    finally:
+        data.close()
+        progress.close()
+        if log is not None:
+            log.close()
+    return {
+        "step": step,
+        "loss": last_loss,
+        "checkpoint": str(ckpt_path),
+        "samples_per_s": samples_per_s,
+    }
