@@ -2,37 +2,163 @@
 
 1. the per-sample stages on three synthetic clips, with their error against ground truth
    (:func:`cmpdata.demo.run_stage_demo`);
-2. ``extract`` of those clips into a dataset of shards through the local Ray;
-3. ``verify`` of that dataset and ``show`` pictures of a few of its samples.
+2. ``extract`` of those clips into a dataset of shards through the local Ray; the first clip
+   is held out (val), the others are for training;
+3. ``verify`` of that dataset and ``show`` pictures of a few of its samples;
+4. a short CPU training run of the ``tiny`` CMP model on the train split (``train/``);
+5. its evaluation on the held-out clip against the zero, nearest and IDW baselines
+   (``eval.json``);
+6. propagation of three guide vectors over a held-out frame (``propagate.png``).
+
+Everything goes to ``summary.json`` too.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from cmpdata.config import ExtractConfig
+from cmpdata.dataset import ShardDataset
+from cmpdata.decode import PairConfig
 from cmpdata.demo import run_stage_demo
+from cmpdata.errors import CmpDataError
+from cmpdata.shards import StoredSample
 from cmpdata.tools import format_verify, show_sample, verify_dataset
+from cmpdata.viz import save_png
+from cmpmodel.evaluate import evaluate, format_table
+from cmpmodel.propagate import propagate
+from cmpmodel.train import TrainConfig, train
 from pipelines.extract import RunSettings, extract
+
+# With this fraction the split hash puts clip000 alone in val and clip001.. in train.
+VAL_FRACTION = 0.2
+# Every 5th frame starts a pair: 8 pairs per 40-frame clip, twice the extraction default.
+PAIR_STRIDE = 5
+BATCH_SIZE = 8
+# The tiny model at its 96 px crop, with a rate far above the paper's (0.005 at batch 8):
+# a run of a few hundred steps has to get somewhere.
+TRAIN_LR = 0.05
+# One intra-op thread: on a busy 2-core machine a second one mostly waits for the core
+# (a training step measured about 4x slower with 2 threads while the other core was in use).
+TORCH_THREADS = 1
+NUM_GUIDES = 3
+GUIDE_SPACING = 0.2  # minimum distance between guide points, as a fraction of the short side
+
+
+def valid_mask(sample: StoredSample) -> np.ndarray:
+    """The pixels whose stored flow is trusted, bool (H, W): all of them without a mask."""
+    return np.ones(sample.flow.shape[:2], bool) if sample.valid is None else sample.valid
+
+
+def pick_guides(
+    sample: StoredSample, count: int = NUM_GUIDES
+) -> list[tuple[float, float, float, float]]:
+    """``count`` guides ``(x, y, dx, dy)`` (px) on moving objects of ``sample``: the valid
+    pixels whose stored flow differs most from the median (camera) flow, at least
+    :data:`GUIDE_SPACING` of the short side apart, each with its stored flow vector."""
+    flow = sample.flow
+    h, w = flow.shape[:2]
+    valid = valid_mask(sample)
+    background = np.median(flow[valid], axis=0)
+    deviation = np.where(valid, np.linalg.norm(flow - background, axis=-1), -1.0)
+    spacing = GUIDE_SPACING * min(h, w)
+    guides: list[tuple[float, float, float, float]] = []
+    for index in np.argsort(deviation, axis=None)[::-1]:
+        y, x = divmod(int(index), w)
+        if deviation[y, x] < 0:
+            break
+        if all(np.hypot(x - gx, y - gy) >= spacing for gx, gy, _, _ in guides):
+            guides.append((float(x), float(y), float(flow[y, x, 0]), float(flow[y, x, 1])))
+            if len(guides) == count:
+                break
+    return guides
 
 
 def run_demo(
-    out_dir: str | Path, clips: int = 3, seed: int = 0, flow: str = "dis"
+    out_dir: str | Path,
+    clips: int = 3,
+    seed: int = 0,
+    flow: str = "dis",
+    train_iters: int = 150,
 ) -> dict[str, Any]:
-    """Run the demo into ``out_dir``; returns the figures (also in ``summary.json``)."""
+    """Run the demo into ``out_dir``; returns the figures (also in ``summary.json``).
+
+    ``train_iters`` is the number of training steps (batch 8, 96 px crops). Raises
+    :class:`CmpDataError` when the dataset has no train or no val sample (fewer than 2
+    clips) and ``ValueError`` for bad settings.
+    """
+    if clips < 2:
+        raise ValueError(f"the demo needs at least 2 clips (one held out), got {clips}")
     out = Path(out_dir)
     summary = run_stage_demo(out, clips=clips, seed=seed, flow=flow)
     print(f"stages: {summary['pairs']} pairs, mean end-point error {summary['epe_mean']:.3f} px "
           f"({flow}) against {summary['epe_zero_mean']:.3f} px for zero flow")  # fmt: skip
-    config = ExtractConfig(flow=flow, seed=seed, shard_size=8, val_fraction=0.34)
-    result = extract([str(out / "clips" / "*.mp4")], out / "dataset", config,
+    dataset = out / "dataset"
+    config = ExtractConfig(flow=flow, seed=seed, shard_size=8, val_fraction=VAL_FRACTION,
+                           pairs=PairConfig(stride=PAIR_STRIDE))  # fmt: skip
+    result = extract([str(out / "clips" / "*.mp4")], dataset, config,
                      RunSettings(overwrite=True))  # fmt: skip
     print(result.summary())
-    report = verify_dataset(out / "dataset")
+    report = verify_dataset(dataset)
     print(format_verify(report))
-    pictures = [show_sample(out / "dataset", i, out / f"show-{i:02d}.png", guidance_scale=3.0)
+    pictures = [show_sample(dataset, i, out / f"show-{i:02d}.png", guidance_scale=3.0)
                 for i in (0, result.written // 2)]  # fmt: skip
     print("pictures: " + ", ".join(str(p) for p in pictures))
-    return {**summary, "dataset": str(out / "dataset"), "verified": report.ok,
-            "content_digest": result.manifest["content_digest"]}  # fmt: skip
+    val = ShardDataset(dataset, split="val")
+    num_train = len(ShardDataset(dataset, split="train"))
+    if num_train == 0 or len(val) == 0:
+        raise CmpDataError(f"{dataset}: {num_train} train and {len(val)} val samples; "
+                           "the model part needs both")  # fmt: skip
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        trained = train(TrainConfig(
+            data=[str(dataset)], out=str(out / "train"), arch="tiny", iters=train_iters,
+            batch_size=min(BATCH_SIZE, num_train), lr=TRAIN_LR, warmup_iters=train_iters // 10,
+            workers=0, seed=seed, log_every=max(train_iters // 10, 1), ckpt_every=train_iters,
+            picture_every=train_iters,
+        ))  # fmt: skip
+        print(
+            f"training: {trained['step']} steps on {num_train} train samples, last loss "
+            f"{trained['loss']:.3f}; {trained['checkpoint']}, {out / 'train' / 'log.csv'}"
+        )
+        scores = evaluate([dataset], trained["checkpoint"], split="val")
+        (out / "eval.json").write_text(json.dumps(scores, indent=2) + "\n")
+        print(format_table(scores))
+        print(f"evaluation: {out / 'eval.json'}")
+        sample = val[0]
+        image_path = save_png(out / "propagate-input.png", sample.image)
+        guides = pick_guides(sample)
+        propagated = propagate(trained["checkpoint"], image_path, guides, out / "propagate.png")
+    finally:
+        torch.set_num_threads(threads)
+    error = np.linalg.norm(propagated - sample.flow, axis=-1)[valid_mask(sample)]
+    propagate_epe = float(error.mean())
+    print(
+        f"propagation: {len(guides)} guides over {sample.sample_id} ({image_path}), "
+        f"end-point error {propagate_epe:.3f} px against its stored flow; {out / 'propagate.png'}"
+    )
+    summary.update(
+        dataset=str(dataset),
+        verified=report.ok,
+        content_digest=result.manifest["content_digest"],
+        train_samples=num_train,
+        val_samples=len(val),
+        train={**trained, "iters": train_iters, "log": str(out / "train" / "log.csv")},
+        eval=scores["methods"],
+        propagate={
+            "sample_id": sample.sample_id,
+            "input": str(image_path),
+            "picture": str(out / "propagate.png"),
+            "guides": guides,
+            "epe": propagate_epe,
+        },
+    )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

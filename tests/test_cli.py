@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import pytest
 
 from cmpdata.cli import main
 
@@ -71,15 +72,37 @@ def test_raft_without_weights_says_how_to_supply_them(synth_clips: Path, tmp_pat
 
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys, ray_local):
+    from pipelines.demo import run_demo
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--clips", "1"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["pairs"] == 4 and len(list((out / "pictures").glob("*.png"))) == 4
+    summary = run_demo(out, clips=2, train_iters=4)
+    assert json.loads(json.dumps(summary)) == json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] == 8 and len(list((out / "pictures").glob("*.png"))) == 8
     # The estimated flow must be far better than no flow at all on the ground truth.
     assert summary["epe_mean"] < 0.25 * summary["epe_zero_mean"]
-    # ...and the clip went on through extract into a verified dataset, with pictures of it.
-    assert "OK:" in capsys.readouterr().out
+    # ...and the clips went on through extract into a verified dataset, with pictures of it,
+    printed = capsys.readouterr().out
+    assert "OK:" in printed and summary["verified"]
     assert (out / "dataset" / "manifest.json").exists() and len(list(out.glob("show-*.png"))) == 2
+    # ...one clip held out, the other trained on for the steps asked, then evaluated on it,
+    assert summary["train_samples"] > 0 and summary["val_samples"] > 0
+    assert summary["train"]["step"] == 4 and (out / "train" / "checkpoint.pt").exists()
+    scores = json.loads((out / "eval.json").read_text())
+    assert scores["split"] == "val" and scores["num_samples"] == summary["val_samples"]
+    assert set(scores["methods"]) == {"model", "zero", "nearest", "idw"} == set(summary["eval"])
+    assert "nearest" in printed and "idw" in printed
+    # The guides copy the stored flow, so spreading them must beat no motion at all.
+    assert scores["methods"]["nearest"]["epe"] < scores["methods"]["zero"]["epe"]
+    # ...and propagated guide vectors over a held-out frame.
+    frame = cv2.imread(str(out / "propagate-input.png"))
+    picture = cv2.imread(str(out / "propagate.png"))
+    guides = summary["propagate"]["guides"]
+    assert len(guides) == 3 and picture.shape[1] > frame.shape[1]
+    assert all(0 <= x < frame.shape[1] and 0 <= y < frame.shape[0] for x, y, _, _ in guides)
+    assert summary["propagate"]["sample_id"].startswith("clip000.mp4")
+    # One clip cannot be both trained on and held out.
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        run_demo(tmp_path / "one", clips=1)
 
 
 def _extract_config(argv):
