@@ -22,7 +22,6 @@ table and writes ``bench-out/codec.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -38,6 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from benchmarks.common import write_result
 from cmpdata.codec import (
     FlowCodec,
     decode_flow,
@@ -293,9 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         videos, args.quick, 1 if args.quick else args.repeats, args.threads, args.cmp_quality
     )
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

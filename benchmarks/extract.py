@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
@@ -49,6 +48,7 @@ import numpy as np
 import ray
 
 import pipelines.extract as pipeline
+from benchmarks.common import write_result
 from cmpdata.config import ExtractConfig
 from cmpdata.errors import CmpDataError
 from cmpdata.flow import build_flow
@@ -317,9 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("nothing to extract: give --clips >= 1 or --videos")
     result = run(args.videos, clips, args.frames, repeats)
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ use one core, as a data-loading worker does.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from benchmarks.common import write_result
 from cmpdata.guidance import GuidanceConfig, Watershed, build_sampler
 from cmpdata.seeding import sample_rng
 from cmpdata.synth import SynthConfig, SyntheticClip
@@ -224,9 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     flows, repeats = (3, 2) if args.quick else (args.flows, args.repeats)
     result = run(flows, repeats, (args.height, args.width), args.threads)
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

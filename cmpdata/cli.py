@@ -45,6 +45,20 @@ def _add_pair_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _pair_config(args: argparse.Namespace):
+    from cmpdata.decode import PairConfig
+
+    return PairConfig(
+        gap=args.gap,
+        stride=args.stride,
+        max_pairs_per_video=args.max_pairs_per_video,
+        short_side=args.short_side or None,  # 0 on the command line: keep the decoded size
+        min_side=args.min_side,
+        timeout=args.timeout,
+        decoder=args.decoder,
+    )
+
+
 def _add_flow_options(p: argparse.ArgumentParser) -> None:
     from cmpdata.flow import FLOW_BACKENDS
 
@@ -119,7 +133,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     from cmpdata.config import ExtractConfig
-    from cmpdata.decode import PairConfig
     from cmpdata.guidance import GuidanceConfig, build_sampler
     from cmpdata.process import process_source
     from cmpdata.records import Dropped
@@ -127,15 +140,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from cmpdata.viz import flow_figure, save_png
 
     config = ExtractConfig(
-        pairs=PairConfig(
-            gap=args.gap,
-            stride=args.stride,
-            max_pairs_per_video=args.max_pairs_per_video,
-            short_side=args.short_side or None,
-            min_side=args.min_side,
-            timeout=args.timeout,
-            decoder=args.decoder,
-        ),
+        pairs=_pair_config(args),
         seed=args.seed,
         consistency=args.consistency,
     )
@@ -211,21 +216,12 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str] | No
 def extract_config(args: argparse.Namespace, sections: dict) -> ExtractConfig:
     """The dataset configuration from the command's options and the config file's sections."""
     from cmpdata.codec import FlowCodec
-    from cmpdata.decode import PairConfig
     from cmpdata.filters import FilterConfig
     from cmpdata.guidance import GuidanceConfig
 
     try:
         return ExtractConfig(
-            pairs=PairConfig(
-                gap=args.gap,
-                stride=args.stride,
-                max_pairs_per_video=args.max_pairs_per_video,
-                short_side=args.short_side or None,
-                min_side=args.min_side,
-                timeout=args.timeout,
-                decoder=args.decoder,
-            ),
+            pairs=_pair_config(args),
             flow=args.flow,
             flow_options=sections.get("flow_options", {}),
             consistency=args.consistency,

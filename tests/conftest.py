@@ -27,3 +27,16 @@ def ray_local():
                  logging_level="ERROR")  # fmt: skip
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Small convolutions on a shared 2-core machine run ~10x faster on one thread than on two
+    (no oversubscription); restored afterwards for the other test modules. Use it with
+    ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

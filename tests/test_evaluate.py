@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from test_train import tiny_config, write_dataset
 
 from cmpdata.dataset import ShardDataset
@@ -19,13 +18,7 @@ from cmpmodel.evaluate import FAR_DISTANCE, METHODS, evaluate, format_table, idw
 from cmpmodel.propagate import propagate
 from cmpmodel.train import train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

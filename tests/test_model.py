@@ -23,6 +23,8 @@ from cmpmodel.model import (
     resnet50_backbone_state_dict,
 )
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def inputs(batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A random normalised image and a guidance map with a few vectors, as the model takes them."""
@@ -34,16 +36,6 @@ def inputs(batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Te
     sparse[:, :2, rows, cols] = torch.randn(batch, 2, 5, generator=gen) * 10
     sparse[:, 2:, rows, cols] = 1.0
     return image, sparse
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions on a shared 2-core machine run ~10x faster on one thread than on two
-    (no oversubscription); restored afterwards for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,8 @@ from cmpmodel.train import (
     train,
 )
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 ATTRS = {
     "config": {"seed": 0},
     "flow_backend": {"name": "ground-truth", "params": {}, "weights_sha256": None},
@@ -81,14 +83,6 @@ def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
         **changes,
     }
     return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
