@@ -125,7 +125,8 @@ class ExtractResult:
             lines.append(f"{self.bytes / self.written / 1000:.1f} KB per pair")
         rate = self.computed / self.seconds if self.seconds > 0 else 0.0
         lines.append(
-            f"{self.computed} pairs processed in {self.seconds:.1f} s ({rate:.2f} pairs/s)"
+            f"{self.computed} pairs processed in {self.seconds:.1f} s ({rate:.2f} pairs/s, "
+            "Ray start-up and planning included)"
         )
         if self.errors:
             lines.append(f"{self.errors} unexpected errors: see {self.out / FAILURES}")
