@@ -41,7 +41,7 @@ def ground_truth_for(sample: GuidedSample, clips_dir: Path) -> np.ndarray:
     return resize_flow(np.ascontiguousarray(gt), pair.size)
 
 
-def sample_picture(sample: GuidedSample, gt: np.ndarray) -> np.ndarray:
+def sample_picture(sample: GuidedSample, gt: np.ndarray, flow_name: str) -> np.ndarray:
     """Frame with guidance | estimated flow | ground truth | colour legend (shared scale)."""
     flow = sample.sample.flow
     top = float(max(np.linalg.norm(gt, axis=-1).max(), 1.0))
@@ -54,7 +54,7 @@ def sample_picture(sample: GuidedSample, gt: np.ndarray) -> np.ndarray:
         ],
         [
             f"{sample.sample.sample_id}: {len(sample.guidance)} guidance points, arrows x3",
-            "estimated flow (DIS)",
+            f"estimated flow ({flow_name})",
             "ground truth",
             "colour = direction",
         ],
@@ -98,7 +98,7 @@ def run_stage_demo(
                 }
             )
             name = item.sample.sample_id.replace("/", "_").replace("#", "_")
-            save_png(out / "pictures" / f"{name}.png", sample_picture(item, gt))
+            save_png(out / "pictures" / f"{name}.png", sample_picture(item, gt, backend.name))
     summary = {
         "flow": backend.identity(),
         "guidance": asdict(guidance),
