@@ -7,6 +7,7 @@ on stderr); 2 nothing could be done (bad arguments, no usable input).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import CmpDataError, RunStopped
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
@@ -86,9 +87,12 @@ def _flow_backend(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
+    from pipelines.demo import PROFILES, run_demo
 
-    summary = run_demo(args.out, clips=args.clips, seed=args.seed, flow=args.flow)
+    settings = PROFILES[args.profile]
+    if args.clips is not None:
+        settings = dataclasses.replace(settings, clips=args.clips)
+    summary = run_demo(args.out, settings, seed=args.seed, flow=args.flow)
     return EXIT_OK if summary["verified"] else EXIT_PARTIAL
 
 
@@ -239,11 +243,26 @@ def extract_config(args: argparse.Namespace, sections: dict) -> ExtractConfig:
         raise CmpDataError(f"configuration: {exc}") from None
 
 
-def cmd_extract(args: argparse.Namespace, sections: dict) -> int:
-    from pipelines.extract import RunSettings, extract
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution (does not change the dataset)")
+    g.add_argument("--workers", type=int, default=None, help="CPU workers (default: all cores)")
+    g.add_argument("--num-gpus", type=int, default=0, help="GPUs in total, one flow actor each")
+    g.add_argument("--batch-size", type=int, default=8, help="pairs per flow batch")
+    g.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset made with other options"
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    config = extract_config(args, sections)
-    run = RunSettings(
+
+def _run_settings(args: argparse.Namespace):
+    from pipelines.extract import RunSettings
+
+    return RunSettings(
         workers=args.workers,
         num_gpus=args.num_gpus,
         batch_size=args.batch_size,
@@ -252,11 +271,93 @@ def cmd_extract(args: argparse.Namespace, sections: dict) -> int:
         flow_weights=args.flow_weights,
         progress=not args.quiet,
     )
-    result = extract(args.videos, args.out, config, run)
+
+
+def _extract_exit(result) -> int:
+    """0 for a complete dataset, 1 for an incomplete one or unexpected errors."""
+    return EXIT_PARTIAL if not result.complete or result.errors else EXIT_OK
+
+
+def cmd_extract(args: argparse.Namespace, sections: dict) -> int:
+    from pipelines.extract import extract
+
+    result = extract(args.videos, args.out, extract_config(args, sections), _run_settings(args))
     print(result.summary())
-    if not result.complete or result.errors:
-        return EXIT_PARTIAL
+    return _extract_exit(result)
+
+
+def cmd_recipe_list(args: argparse.Namespace) -> int:
+    from pipelines.recipe import list_recipes
+
+    for recipe in list_recipes():
+        datasets = ", ".join(f"{d.name} {d.target:,}" for d in recipe.datasets)
+        print(f"{recipe.name:12s} {recipe.target:>10,} pairs  ({datasets})")
+        print(f"{'':12s} {recipe.description}")
     return EXIT_OK
+
+
+def cmd_recipe_plan(args: argparse.Namespace) -> int:
+    from pipelines.extract import RunSettings, flow_identity
+    from pipelines.recipe import format_plan, load_recipe, parse_roots, plan_recipe
+
+    recipe = load_recipe(args.recipe)
+    identity = flow_identity(recipe.config, RunSettings(flow_weights=args.flow_weights))
+    rp = plan_recipe(recipe, parse_roots(args.root), identity, args.limit, not args.quiet)
+    print(format_plan(rp, args.cores))
+    if not rp.plan.samples:
+        raise CmpDataError(f"recipe {recipe.name}: no frame pairs can be planned from these roots")
+    return EXIT_OK
+
+
+def cmd_recipe_build(args: argparse.Namespace) -> int:
+    from pipelines.recipe import build_recipe, load_recipe, parse_roots
+
+    recipe = load_recipe(args.recipe)
+    rp, result = build_recipe(recipe, parse_roots(args.root), args.out, _run_settings(args),
+                              args.limit)  # fmt: skip
+    for d in rp.datasets:
+        print(f"{d.spec.name}: {d.planned:,} pairs planned of {d.target:,} "
+              f"(shortfall {d.shortfall:,})")  # fmt: skip
+    print(result.summary())
+    print(f"plan fingerprint: {rp.plan.fingerprint}")
+    return _extract_exit(result)
+
+
+def _add_recipe_parser(sub) -> None:
+    p = sub.add_parser("recipe", help="rebuild the paper's training sets from your dataset copies")
+    recipe_sub = p.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
+    q = recipe_sub.add_parser("list", help="the recipes shipped: name, pairs, dataset sources")
+    q.set_defaults(func=cmd_recipe_list)
+    for name, help_text in (
+        ("plan", "counts per dataset source, shortfall, disk and time estimates, fingerprint"),
+        ("build", "run the extraction on exactly the recipe's plan"),
+    ):
+        q = recipe_sub.add_parser(name, help=help_text)
+        q.add_argument("recipe", help="a recipe name (cmpdata recipe list) or a recipe file")
+        q.add_argument(
+            "--root",
+            action="append",
+            default=[],
+            metavar="NAME=PATH",
+            help="the folder of your copy of each dataset source, e.g. yfcc=/data/yfcc",
+        )
+        q.add_argument(
+            "--limit", type=int, default=None, metavar="N", help="at most N pairs in all"
+        )
+        q.add_argument("--flow-weights", default=None, help="RAFT weights file (RAFT recipes)")
+    q = recipe_sub.choices["plan"]
+    q.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="cores for the time estimate (default: this machine's)",
+    )
+    q.add_argument("--quiet", action="store_true", help="no progress bar while probing videos")
+    q.set_defaults(func=cmd_recipe_plan)
+    q = recipe_sub.choices["build"]
+    q.add_argument("--out", required=True, help="dataset directory (resumed if it exists)")
+    _add_run_options(q)
+    q.set_defaults(func=cmd_recipe_build)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -294,7 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the stages on synthetic clips and write pictures")
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    p.add_argument("--clips", type=int, default=3, help="number of synthetic clips")
+    p.add_argument(
+        "--profile",
+        choices=("quick", "cpu-15min"),
+        default="quick",
+        help="quick: 3 clips, 150 training steps (make demo); cpu-15min: 48 clips "
+        "and a 15-minute CPU training run evaluated on held-out clips",
+    )
+    p.add_argument("--clips", type=int, help="number of synthetic clips (default: the profile's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flow", default="dis", help="flow backend (a CPU one: dis or farneback)")
     p.set_defaults(func=cmd_demo)
@@ -347,20 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored frames")
     _add_pair_options(p)
     _add_flow_options(p)
-    g = p.add_argument_group("execution (does not change the dataset)")
-    g.add_argument("--workers", type=int, default=None, help="CPU workers (default: all cores)")
-    g.add_argument("--num-gpus", type=int, default=0, help="GPUs in total, one flow actor each")
-    g.add_argument("--batch-size", type=int, default=8, help="pairs per flow batch")
-    g.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)",
-    )
-    g.add_argument(
-        "--overwrite", action="store_true", help="replace a dataset made with other options"
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p)
     p.set_defaults(func=cmd_extract)
+
+    _add_recipe_parser(sub)
 
     p = sub.add_parser("inspect", help="counts, sources, splits, sizes, flow statistics")
     p.add_argument("path", help="dataset directory or one shard file")
@@ -390,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.func is cmd_extract:
             return cmd_extract(args, sections)
         return args.func(args)
+    except RunStopped as exc:  # part of the work is done and kept: a rerun finishes it
+        print(f"cmpdata: error: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
     except CmpDataError as exc:
         print(f"cmpdata: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from cmpdata.errors import CmpDataError
 from cmpdata.manifest import MANIFEST, read_manifest
-from cmpdata.shards import SPLITS, ShardError, ShardReader, StoredSample
+from cmpdata.shards import SPLITS, ShardError, ShardReader, StoredSample, file_sha256
 
 SHARD_GLOB = "shard-*.h5"
 _PER_SHARD = "guide_offsets"  # the one column of length N + 1 rather than N
@@ -39,6 +39,7 @@ class ListedShard:
     path: Path
     num_samples: int | None = None
     bytes: int | None = None
+    sha256: str | None = None
 
 
 def list_shards(root: str | Path) -> tuple[list[ListedShard], dict[str, Any] | None]:
@@ -57,7 +58,7 @@ def list_shards(root: str | Path) -> tuple[list[ListedShard], dict[str, Any] | N
     manifest = read_manifest(root) if (root / MANIFEST).exists() else None
     if manifest is not None and manifest.get("complete"):
         listed = [
-            ListedShard(root / s["name"], int(s["num_samples"]), int(s["bytes"]))
+            ListedShard(root / s["name"], int(s["num_samples"]), int(s["bytes"]), s.get("sha256"))
             for s in manifest.get("shards", [])
         ]
     else:
@@ -108,11 +109,15 @@ def read_columns(path: str | Path, names: Sequence[str]) -> dict[str, np.ndarray
     return out
 
 
-def check_listed(shard: ListedShard, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """:func:`read_columns` after checking the file against the manifest's size and count.
+def check_listed(
+    shard: ListedShard, names: Sequence[str], checksum: bool = False
+) -> dict[str, np.ndarray]:
+    """:func:`read_columns` after checking the file against the manifest's size and count,
+    and with ``checksum`` its sha256 (reading every byte; before the file is opened, since
+    damaged HDF5 metadata can crash the HDF5 library).
 
     Raises :class:`ShardError` naming the file when it is damaged or disagrees with the
-    manifest (truncated, or holding another number of samples).
+    manifest (truncated, changed, or holding another number of samples).
     """
     if shard.bytes is not None:
         try:
@@ -121,6 +126,8 @@ def check_listed(shard: ListedShard, names: Sequence[str]) -> dict[str, np.ndarr
             raise ShardError(shard.path, "no such file") from None
         if size != shard.bytes:
             raise ShardError(shard.path, f"{size} bytes, the manifest lists {shard.bytes}")
+    if checksum and shard.sha256 is not None and file_sha256(shard.path) != shard.sha256:
+        raise ShardError(shard.path, "sha256 differs from the manifest's: the file changed")
     columns = read_columns(shard.path, ["split", *names])
     n = len(columns["split"])
     if shard.num_samples is not None and n != shard.num_samples:
@@ -138,8 +145,10 @@ class ShardDataset(Dataset):
     Construction opens every shard once, reads its small ``split`` column and closes it again.
     A damaged shard (missing, truncated, not HDF5, lacking a dataset, or disagreeing with the
     manifest) raises :class:`ShardError` naming it; with ``skip_damaged`` it is left out with a
-    warning and listed in :attr:`skipped` as ``(path, reason)``. File checksums are not checked
-    here (see :func:`cmpdata.tools.verify_dataset`).
+    warning and listed in :attr:`skipped` as ``(path, reason)``, and each shard's sha256 is
+    also checked against the manifest (reading every byte once), so that a shard with flipped
+    bytes is left out too. Without ``skip_damaged`` such a shard is found when one of its
+    samples is read: reading raises :class:`ShardError` naming the shard and the sample.
 
     Raises :class:`CmpDataError` when a root holds no shard or every shard is damaged, and
     ``ValueError`` for an unknown split.
@@ -172,7 +181,7 @@ class ShardDataset(Dataset):
                 )
             for shard in listed:
                 try:
-                    splits = check_listed(shard, [])["split"]
+                    splits = check_listed(shard, [], checksum=skip_damaged)["split"]
                 except ShardError as exc:
                     if not skip_damaged:
                         raise

@@ -67,16 +67,20 @@ def run_stage_demo(
     seed: int = 0,
     flow: str = "dis",
     max_pairs_per_video: int = 4,
+    size: tuple[int, int] = (416, 560),
 ) -> dict[str, Any]:
-    """Generate clips, run the stages on their mp4 files, write pictures and a summary."""
+    """Generate clips of ``size`` (H, W) px, run the stages on their mp4 files at that size,
+    write pictures and a summary."""
     out = Path(out_dir)
     clips_dir = out / "clips"
-    make_clips(clips_dir, clips, seed=seed, height=416, width=560)
+    make_clips(clips_dir, clips, seed=seed, height=size[0], width=size[1])
     backend = build_flow(flow)
     guidance = GuidanceConfig()
     sampler = build_sampler(guidance)
     config = ExtractConfig(
-        pairs=PairConfig(max_pairs_per_video=max_pairs_per_video), seed=seed, consistency=True
+        pairs=PairConfig(max_pairs_per_video=max_pairs_per_video, short_side=None),
+        seed=seed,
+        consistency=True,
     )
     rows: list[dict[str, Any]] = []
     dropped: list[Dropped] = []

@@ -32,3 +32,8 @@ class DecodeTimeout(DecodeError):
 
 class FlowWeightsError(CmpDataError):
     """Weights for a learned flow backend are missing or do not fit the model."""
+
+
+class RunStopped(CmpDataError):
+    """A run stopped part-way (a failed write: disk full, file-size limit); what it finished
+    is kept, and the same command, run again, finishes the rest."""

@@ -56,20 +56,26 @@ def content_digest(pairs: Iterable[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it over
+    ``path``: readers see the old file or the new one, never a part. On failure (disk full)
+    the temporary file is removed and the ``OSError`` raised."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """:func:`write_text_atomic` of ``data`` as indented JSON with sorted keys."""
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -84,11 +90,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 
 def write_failures(directory: str | Path, failures: Iterable[Dropped]) -> None:
+    """``directory/failures.jsonl``, one JSON object a line, written atomically."""
     lines = [json.dumps(asdict(d), sort_keys=True) + "\n" for d in failures]
-    path = Path(directory) / FAILURES
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic(Path(directory) / FAILURES, "".join(lines))
 
 
 def read_failures(directory: str | Path) -> list[Dropped]:

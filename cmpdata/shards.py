@@ -32,7 +32,8 @@ the flow codec's parameters), ``shard_index`` (int), ``num_samples`` (int), ``cr
 (``cmp <version>``).
 
 Files are written to a temporary name in the same folder and renamed when complete, so a
-shard is either whole or absent.
+shard is either whole or absent. :meth:`ShardReader.read` checks each sample against its
+stored digest.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,7 @@ from cmpdata.errors import CmpDataError
 from cmpdata.records import Guidance, GuidedSample
 
 SCHEMA_VERSION = 1
+_ERRNO = re.compile(r"errno = (\d+)")
 SPLITS = ("train", "val")
 _VLEN_BYTES = h5py.vlen_dtype(np.uint8)
 _STR = h5py.string_dtype("utf-8")
@@ -212,6 +215,8 @@ def write_shard(
 
     ``attrs`` must hold ``config``, ``flow_backend``, ``codec`` (JSON-serialisable) and
     ``shard_index``. A shard may hold no sample (all of its planned pairs were dropped).
+    Raises ``OSError`` (with its ``errno``) when the file cannot be written, e.g. on a full
+    disk; the temporary file is removed, so no partial shard is left behind.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -264,8 +269,14 @@ def write_shard(
         size = tmp.stat().st_size
         digest = file_sha256(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        # h5py reports some failed writes (those found when the file is closed) as a
+        # RuntimeError whose text holds the system's errno: raise them as the OSError they are.
+        found = _ERRNO.search(str(exc)) if isinstance(exc, RuntimeError) else None
+        if found:
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from exc
         raise
     return ShardInfo(path.name, n, digest, size)
 
@@ -380,8 +391,13 @@ class ShardReader:
     def stored_digest(self, i: int) -> str:
         return _text(self._open()["digest"][self._check_index(i)])
 
-    def read(self, i: int) -> StoredSample:
-        """Sample ``i`` decoded: image, flow, mask and guidance as arrays."""
+    def read(self, i: int, check: bool = True) -> StoredSample:
+        """Sample ``i`` decoded: image, flow, mask and guidance as arrays.
+
+        Raises :class:`ShardError` naming the file and the sample when it cannot be decoded,
+        or, with ``check``, when its content no longer matches the digest stored with it (a
+        damaged file never yields a wrong sample).
+        """
         e = self.encoded(i)
         try:
             image = decode_image(e.image)
@@ -389,6 +405,12 @@ class ShardReader:
             valid = decode_mask(e.valid) if e.valid else None
         except ValueError as exc:
             raise ShardError(self.path, f"sample {i} ({e.sample_id}): {exc}") from None
+        if check and (recomputed := e.digest()) != (stored := self.stored_digest(i)):
+            raise ShardError(
+                self.path,
+                f"sample {i} ({e.sample_id}): content digest {recomputed} differs from the "
+                f"stored {stored}: the sample changed after it was written",
+            )
         if image.shape[:2] != e.size or flow.shape[:2] != e.size:
             raise ShardError(
                 self.path,

@@ -24,7 +24,8 @@ from cmpmodel.train import TrainConfig, export_encoder, train
 
 EXIT_ERROR = 2
 # Command-line options that override a TrainConfig field of the same name when given.
-_TRAIN_OVERRIDES = ("data", "out", "arch", "iters", "batch_size", "lr", "workers", "crop", "seed")
+_TRAIN_OVERRIDES = ("data", "out", "arch", "iters", "batch_size", "lr", "workers", "crop",
+                    "loss_stride", "seed")  # fmt: skip
 
 
 def read_train_config(args: argparse.Namespace) -> Any:
@@ -45,8 +46,9 @@ def read_train_config(args: argparse.Namespace) -> Any:
             raise CmpDataError(f"{path}: unknown keys {unknown}; TrainConfig has {sorted(known)}")
         values.update(loaded)
     values.update({k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k) is not None})
-    if args.resume:
-        values["resume"] = True
+    for flag in ("resume", "skip_damaged"):
+        if getattr(args, flag):
+            values[flag] = True
     if not values.get("data"):
         raise CmpDataError("no training data: give --data DIR or 'data' in --config")
     try:
@@ -110,8 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="base learning rate (default: 0.1 x batch/160)")
     train.add_argument("--workers", type=int, help="DataLoader workers per process")
     train.add_argument("--crop", type=int, help="training crop side, px (multiple of 8)")
+    train.add_argument("--loss-stride", type=int,
+                       help="score every n-th pixel in each direction (default 1, the paper's; "
+                            "4 makes the loss ~16x cheaper, for CPU runs)")  # fmt: skip
     train.add_argument("--seed", type=int, help="seed of the run")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="leave out shards that are damaged (checked against the manifest), with a warning",
+    )
     train.set_defaults(func=cmd_train)
 
     ev = commands.add_parser("eval", help="EPE of a model and of baselines on a split")

@@ -99,6 +99,7 @@ class TrainConfig:
     warmup_iters: int = 0  # linear warm-up from lr / warmup_iters to lr over these steps
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
     crop: int | None = None  # training crop side, px (multiple of 8); None: the arch's (320/384)
+    loss_stride: int = 1  # score every n-th pixel only (cmp_loss stride): 1 is the paper's
     flip: bool = True  # random horizontal flips
     use_stored_guidance: bool = False  # crop the extraction's guidance instead of redrawing it
     skip_damaged: bool = False  # leave damaged shards out (with a warning) instead of failing
@@ -118,7 +119,7 @@ class TrainConfig:
         self.out = str(self.out)
         self.lr_steps = tuple(float(f) for f in self.lr_steps)
         ARCHS.get(self.arch)
-        for name in ("iters", "batch_size", "log_every", "ckpt_every"):
+        for name in ("iters", "batch_size", "log_every", "ckpt_every", "loss_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_iters", "workers", "picture_every"):
@@ -183,10 +184,14 @@ def plain(value: Any) -> Any:
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``: a
-    crash leaves the previous checkpoint whole."""
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over
+    ``path``: a crash or a kill, even in the middle of the write, leaves the previous
+    checkpoint whole."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -460,7 +465,9 @@ def build_dataset(config: TrainConfig, ctx: Distributed) -> ShardDataset:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run (or, with ``config.resume``, continue) training; returns a summary: the final
-    ``step``, the last logged ``loss``, the ``checkpoint`` path and ``samples_per_s``.
+    ``step``, the last logged ``loss``, the ``checkpoint`` path, ``samples_per_s`` and
+    ``skipped_shards`` (``"path: reason"`` of each damaged shard left out with
+    ``config.skip_damaged``).
 
     Raises :class:`CmpDataError` for missing or damaged data, :class:`CheckpointError` for a
     missing, corrupt or mismatched checkpoint on resume, ``ValueError`` for a bad config.
@@ -564,7 +571,8 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
             }
             with autocast:
                 logits = net(inputs["image"], inputs["sparse"])
-            loss = cmp_loss(logits, inputs["flow"], inputs["valid"], model_config.flow_range)
+            loss = cmp_loss(logits, inputs["flow"], inputs["valid"], model_config.flow_range,
+                            config.loss_stride)  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
@@ -595,4 +603,5 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
         "loss": last_loss,
         "checkpoint": str(ckpt_path),
         "samples_per_s": samples_per_s,
+        "skipped_shards": [f"{path}: {reason}" for path, reason in dataset.skipped],
     }

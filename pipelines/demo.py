@@ -1,21 +1,28 @@
 """``make demo``: the whole job on synthetic clips, with pictures and figures to look at.
 
-1. the per-sample stages on three synthetic clips, with their error against ground truth
+1. the per-sample stages on synthetic clips, with their error against ground truth
    (:func:`cmpdata.demo.run_stage_demo`);
-2. ``extract`` of those clips into a dataset of shards through the local Ray; the first clip
-   is held out (val), the others are for training;
+2. ``extract`` of those clips into a dataset of shards through the local Ray; a hash of the
+   clip's name holds some clips out (val), the others are for training;
 3. ``verify`` of that dataset and ``show`` pictures of a few of its samples;
 4. a short CPU training run of the ``tiny`` CMP model on the train split (``train/``);
 5. its evaluation on the held-out clip against the zero, nearest and IDW baselines
    (``eval.json``);
 6. propagation of three guide vectors over a held-out frame (``propagate.png``).
 
-Everything goes to ``summary.json`` too.
+Everything goes to ``summary.json`` too, with the seconds each part took.
+
+How big each part is comes from a :class:`DemoSettings`; :data:`PROFILES` names two:
+``quick`` (``make demo``: three 416 x 560 clips, 150 training steps, about a minute) and
+``cpu-15min`` (the model experiment: 48 clips of 256 x 320, a training run that fits a
+15-minute budget on 2 CPU cores, evaluated on the held-out clips).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +42,41 @@ from cmpmodel.propagate import propagate
 from cmpmodel.train import TrainConfig, train
 from pipelines.extract import RunSettings, extract
 
-# With this fraction the split hash puts clip000 alone in val and clip001.. in train.
-VAL_FRACTION = 0.2
-# Every 5th frame starts a pair: 8 pairs per 40-frame clip, twice the extraction default.
-PAIR_STRIDE = 5
-BATCH_SIZE = 8
-# The tiny model at its 96 px crop, with a rate far above the paper's (0.005 at batch 8):
-# a run of a few hundred steps has to get somewhere.
-TRAIN_LR = 0.05
 # One intra-op thread: on a busy 2-core machine a second one mostly waits for the core
 # (a training step measured about 4x slower with 2 threads while the other core was in use).
 TORCH_THREADS = 1
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How big the demo is: its synthetic clips, their pairs and the training run."""
+
+    clips: int = 3  # synthetic clips (at least 2: one is held out)
+    height: int = 416  # clip frame size (px); frames keep it (no resize)
+    width: int = 560
+    pair_stride: int = 5  # every 5th frame starts a pair: 8 pairs per 40-frame clip
+    # With 0.2, the split hash puts clip000 alone in val of the default 3 clips.
+    val_fraction: float = 0.2
+    crop: int = 96  # training crop (px), the tiny model's
+    batch_size: int = 8
+    iters: int = 150  # training steps
+    # Far above the paper's rate (0.005 at batch 8): a few hundred steps have to get somewhere.
+    lr: float = 0.05
+    loss_stride: int = 1  # cmp_loss stride: 4 scores one pixel in 16, ~3x faster steps on CPU
+    loader_workers: int = 0  # DataLoader workers beside the training process
+
+    def __post_init__(self) -> None:
+        if self.clips < 2:
+            raise ValueError(f"the demo needs at least 2 clips (one held out), got {self.clips}")
+
+
+PROFILES: dict[str, DemoSettings] = {
+    "quick": DemoSettings(),
+    "cpu-15min": DemoSettings(
+        clips=48, height=256, width=320, pair_stride=3, crop=128, iters=2000, loss_stride=4,
+        loader_workers=1,
+    ),
+}  # fmt: skip
 NUM_GUIDES = 3
 GUIDE_SPACING = 0.2  # minimum distance between guide points, as a fraction of the short side
 
@@ -80,29 +111,30 @@ def pick_guides(
 
 
 def run_demo(
-    out_dir: str | Path,
-    clips: int = 3,
-    seed: int = 0,
-    flow: str = "dis",
-    train_iters: int = 150,
+    out_dir: str | Path, settings: DemoSettings | None = None, seed: int = 0, flow: str = "dis"
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the figures (also in ``summary.json``).
 
-    ``train_iters`` is the number of training steps (batch 8, 96 px crops). Raises
-    :class:`CmpDataError` when the dataset has no train or no val sample (fewer than 2
-    clips) and ``ValueError`` for bad settings.
+    Raises :class:`CmpDataError` when the dataset has no train or no val sample and
+    ``ValueError`` for bad settings.
     """
-    if clips < 2:
-        raise ValueError(f"the demo needs at least 2 clips (one held out), got {clips}")
+    settings = settings or DemoSettings()
     out = Path(out_dir)
-    summary = run_stage_demo(out, clips=clips, seed=seed, flow=flow)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    summary = run_stage_demo(out, clips=settings.clips, seed=seed, flow=flow,
+                             size=(settings.height, settings.width))  # fmt: skip
+    seconds["clips_and_stages"] = time.perf_counter() - start
     print(f"stages: {summary['pairs']} pairs, mean end-point error {summary['epe_mean']:.3f} px "
           f"({flow}) against {summary['epe_zero_mean']:.3f} px for zero flow")  # fmt: skip
     dataset = out / "dataset"
-    config = ExtractConfig(flow=flow, seed=seed, shard_size=8, val_fraction=VAL_FRACTION,
-                           pairs=PairConfig(stride=PAIR_STRIDE))  # fmt: skip
+    pairs = PairConfig(stride=settings.pair_stride, short_side=None)
+    config = ExtractConfig(flow=flow, seed=seed, shard_size=8 if settings.clips < 8 else 64,
+                           val_fraction=settings.val_fraction, pairs=pairs)  # fmt: skip
+    start = time.perf_counter()
     result = extract([str(out / "clips" / "*.mp4")], dataset, config,
                      RunSettings(overwrite=True))  # fmt: skip
+    seconds["extract"] = time.perf_counter() - start
     print(result.summary())
     report = verify_dataset(dataset)
     print(format_verify(report))
@@ -117,18 +149,24 @@ def run_demo(
 
     threads = torch.get_num_threads()
     torch.set_num_threads(TORCH_THREADS)
+    iters = settings.iters
     try:
+        start = time.perf_counter()
         trained = train(TrainConfig(
-            data=[str(dataset)], out=str(out / "train"), arch="tiny", iters=train_iters,
-            batch_size=min(BATCH_SIZE, num_train), lr=TRAIN_LR, warmup_iters=train_iters // 10,
-            workers=0, seed=seed, log_every=max(train_iters // 10, 1), ckpt_every=train_iters,
-            picture_every=train_iters,
+            data=[str(dataset)], out=str(out / "train"), arch="tiny", iters=iters,
+            batch_size=min(settings.batch_size, num_train), lr=settings.lr,
+            warmup_iters=iters // 10, crop=settings.crop, loss_stride=settings.loss_stride,
+            workers=settings.loader_workers, seed=seed, log_every=max(iters // 10, 1),
+            ckpt_every=iters, picture_every=iters,
         ))  # fmt: skip
+        seconds["train"] = time.perf_counter() - start
         print(
             f"training: {trained['step']} steps on {num_train} train samples, last loss "
             f"{trained['loss']:.3f}; {trained['checkpoint']}, {out / 'train' / 'log.csv'}"
         )
+        start = time.perf_counter()
         scores = evaluate([dataset], trained["checkpoint"], split="val")
+        seconds["eval"] = time.perf_counter() - start
         (out / "eval.json").write_text(json.dumps(scores, indent=2) + "\n")
         print(format_table(scores))
         print(f"evaluation: {out / 'eval.json'}")
@@ -150,7 +188,9 @@ def run_demo(
         content_digest=result.manifest["content_digest"],
         train_samples=num_train,
         val_samples=len(val),
-        train={**trained, "iters": train_iters, "log": str(out / "train" / "log.csv")},
+        settings=asdict(settings),
+        seconds=seconds,
+        train={**trained, "iters": iters, "log": str(out / "train" / "log.csv")},
         eval=scores["methods"],
         propagate={
             "sample_id": sample.sample_id,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from tqdm import tqdm
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
 from cmpdata.decode import iter_pairs
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import CmpDataError, RunStopped
 from cmpdata.filters import check_frames
 from cmpdata.flow import FlowBackend, build_flow
 from cmpdata.guidance import GuidanceSampler, build_sampler
@@ -63,6 +64,9 @@ from cmpdata.shards import SCHEMA_VERSION, EncodedSample, encode_sample, shard_n
 from cmpdata.sources import find_sources
 
 LOCK = ".lock"
+# Temporary files of the atomic writes (``.<name>.tmp-<pid>``). One found while holding the
+# lock was left by a run killed in the middle of a write.
+TEMPORARY = (".shard-*.tmp-*", f".{MANIFEST}.tmp-*", f".{FAILURES}.tmp-*")
 # A work item is a run of pairs of one source within one shard. Each item decodes its video
 # from the start, so long videos should not be cut into many items; but a small dataset needs
 # enough items to keep every worker busy. Items hold at least MIN_PAIRS_PER_ITEM pairs and
@@ -155,23 +159,23 @@ def _limit_threads() -> None:
     cv2.setNumThreads(1)
 
 
-def decode_item(item: WorkItem, config: ExtractConfig) -> list[FramePair | Dropped]:
-    """One work item's frame pairs (after the frame filters) and dropped pairs."""
-    out: list[FramePair | Dropped] = []
+def decode_item(item: WorkItem, config: ExtractConfig) -> Iterator[FramePair | Dropped]:
+    """One work item's frame pairs (after the frame filters) and dropped pairs, streamed: a
+    consumer that takes them a batch at a time holds one batch of frames, however long the
+    item."""
     seen: set[tuple[int, int]] = set()
     try:
         for x in iter_pairs(item.source, config.pairs, item.info, config.filters.crop, item.pairs):
             seen.add((x.t0, x.t1))
             dropped = x if isinstance(x, Dropped) else check_frames(x, config.filters)
-            out.append(dropped if dropped is not None else x)
+            yield dropped if dropped is not None else x
     except CmpDataError as exc:
-        out += [Dropped(item.source.id, t0, t1, "decode", str(exc))
-                for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
+        yield from [Dropped(item.source.id, t0, t1, "decode", str(exc))
+                    for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
     except Exception as exc:  # a crash in a decoding library must not end a long run
         reason = f"unexpected error: {type(exc).__name__}: {exc}"
-        out += [Dropped(item.source.id, t0, t1, "error", reason)
-                for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
-    return out
+        yield from [Dropped(item.source.id, t0, t1, "error", reason)
+                    for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
 
 
 def _item_rows(item: WorkItem, records: Sequence[object]) -> list[dict[str, Any]]:
@@ -183,7 +187,7 @@ def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, A
     """Ray Data flat_map: one work item -> its frame pairs and dropped pairs."""
     _limit_threads()
     item: WorkItem = pickle.loads(row["payload"])
-    return _item_rows(item, decode_item(item, config))
+    return _item_rows(item, list(decode_item(item, config)))
 
 
 def flow_records(records: Sequence[object], backend: FlowBackend, consistency: bool
@@ -242,11 +246,12 @@ def cpu_stage(row: dict[str, Any], config: ExtractConfig, options: dict[str, Any
     if key not in _BACKENDS:
         _BACKENDS[key] = build_flow(config.flow, **options)
     sampler = build_sampler(config.guidance)
-    records = decode_item(item, config)
     out: list[object] = []
-    for k in range(0, len(records), batch_size):
-        flowed = flow_records(records[k : k + batch_size], _BACKENDS[key], config.consistency)
-        out += finish_records(flowed, sampler, config)
+    # Frames are decoded a batch at a time: an item of a long video never holds all its frames.
+    with contextlib.closing(decode_item(item, config)) as records:
+        while batch := list(itertools.islice(records, batch_size)):
+            flowed = flow_records(batch, _BACKENDS[key], config.consistency)
+            out += finish_records(flowed, sampler, config)
     return _item_rows(item, out)
 
 
@@ -279,9 +284,26 @@ def prepare_output(out: Path) -> None:
     probe = out / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"ok")
-        probe.unlink()
     except OSError as exc:
+        with contextlib.suppress(OSError):  # created, then the disk was full
+            probe.unlink()
         raise CmpDataError(f"{out}: output directory is not writable ({exc.strerror})") from None
+    probe.unlink()
+
+
+@contextlib.contextmanager
+def write_errors(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` inside the block (disk full, file-size limit, I/O error)
+    into a :class:`RunStopped` that says how to finish the dataset. The atomic writers leave
+    no partial file behind."""
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise RunStopped(
+            f"{path}: cannot write ({reason}); the shards already written are kept: free space "
+            "(or raise the file-size limit) and rerun the same command to finish the dataset"
+        ) from exc
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -304,10 +326,14 @@ def _stats_path(out: Path, index: int) -> Path:
     return out / shard_name(index).replace(".h5", ".json")
 
 
-def _clear(out: Path) -> None:
-    for pattern in ("shard-*.h5", "shard-*.json", ".shard-*.tmp-*", MANIFEST, FAILURES):
+def _remove(out: Path, patterns: Sequence[str]) -> None:
+    for pattern in patterns:
         for path in out.glob(pattern):
             path.unlink()
+
+
+def _clear(out: Path) -> None:
+    _remove(out, ("shard-*.h5", "shard-*.json", MANIFEST, FAILURES, *TEMPORARY))
 
 
 def finished_shards(out: Path, plan: Plan) -> set[int]:
@@ -398,6 +424,14 @@ def _flow_options(config: ExtractConfig, run: RunSettings) -> dict[str, Any]:
     return options
 
 
+def flow_identity(config: ExtractConfig, run: RunSettings = RunSettings()) -> dict[str, Any]:
+    """The flow backend's identity as ``extract`` records it (it is part of the fingerprint).
+
+    Raises :class:`CmpDataError` for missing or misplaced weights.
+    """
+    return build_flow(config.flow, **_flow_options(config, run)).identity()
+
+
 def run_pipeline(plan: Plan, shards: Sequence[int], run: RunSettings,
                  options: dict[str, Any]) -> Iterator[tuple[int, object]]:  # fmt: skip
     """Stream (shard index, EncodedSample | Dropped) for every planned pair of ``shards``."""
@@ -459,13 +493,14 @@ class ShardCollector:
         order = self.expected.pop(index)
         records = sorted(self.results.pop(index).values(), key=lambda r: order[r.sample_id])
         samples = [r for r in records if isinstance(r, EncodedSample)]
-        info = write_shard(self.out / shard_name(index), samples,
-                           {**self.attrs, "shard_index": index})  # fmt: skip
-        write_json_atomic(_stats_path(self.out, index), {
-            "fingerprint": self.plan.fingerprint, **asdict(info), "index": index,
-            "samples": [[s.sample_id, s.digest(), s.split] for s in samples],
-            "dropped": [asdict(r) for r in records if isinstance(r, Dropped)],
-        })  # fmt: skip
+        path = self.out / shard_name(index)
+        with write_errors(path):
+            info = write_shard(path, samples, {**self.attrs, "shard_index": index})
+            write_json_atomic(_stats_path(self.out, index), {
+                "fingerprint": self.plan.fingerprint, **asdict(info), "index": index,
+                "samples": [[s.sample_id, s.digest(), s.split] for s in samples],
+                "dropped": [asdict(r) for r in records if isinstance(r, Dropped)],
+            })  # fmt: skip
 
     @property
     def pending(self) -> list[int]:
@@ -513,36 +548,46 @@ def _manifest(out: Path, plan: Plan, attrs: dict[str, Any], complete: bool) -> d
 
 
 def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
-            run: RunSettings = RunSettings()) -> ExtractResult:  # fmt: skip
+            run: RunSettings = RunSettings(),
+            plan: Plan | None = None) -> ExtractResult:  # fmt: skip
     """Build (or finish) the dataset of ``inputs`` in ``out``; see the module docstring.
 
+    ``plan``, when given (a recipe's), is built as it is instead of planning ``inputs`` (then
+    only recorded); it must have been made with ``config`` and this flow backend.
     Raises :class:`CmpDataError` for problems found before work starts: no usable input,
-    an unwritable output, a directory in use or holding another dataset, missing weights.
+    an unwritable output, a directory in use or holding another dataset, missing weights;
+    and when a write fails during the run (disk full): the shards written are kept, and
+    rerunning finishes the dataset.
     """
     out = Path(out)
     prepare_output(out)
     with locked(out):
+        _remove(out, TEMPORARY)
         start = time.monotonic()
         options = _flow_options(config, run)
-        identity = build_flow(config.flow, **options).identity()
-        sources = find_sources(inputs)
-        plan = plan_dataset(sources, config, identity, progress=run.progress)
+        identity = flow_identity(config, run)
+        if plan is None:
+            plan = plan_dataset(find_sources(inputs), config, identity, progress=run.progress)
+        elif plan.config != config or plan.flow_identity != identity:
+            raise CmpDataError("the plan given was made with another configuration or flow backend")
         if not plan.samples:
             reasons = "; ".join(d.reason for d in plan.skipped[:5])
-            raise CmpDataError(f"no frame pairs to extract from {len(sources)} sources: {reasons}")
+            found = len(plan.sources) + len(plan.skipped)
+            raise CmpDataError(f"no frame pairs to extract from {found} sources: {reasons}")
         check_existing(out, plan, run.overwrite)
         attrs = {"config": {**plan.config.to_dict(), "inputs": list(inputs)},
                  "flow_backend": identity, "codec": config.codec.params()}  # fmt: skip
-        write_json_atomic(out / MANIFEST, _manifest(out, plan, attrs, complete=False))
+        with write_errors(out / MANIFEST):
+            write_json_atomic(out / MANIFEST, _manifest(out, plan, attrs, complete=False))
         done = finished_shards(out, plan)
         todo = [i for i in range(plan.num_shards) if i not in done]
         collector = ShardCollector(out, plan, attrs, todo)
         total = sum(len(plan.shard(i)) for i in todo)
         computed, errors = 0, 0
         bar = tqdm(total=total, desc="extracting", unit="pair", disable=not run.progress or None)
-        with bar:
+        with bar, contextlib.closing(run_pipeline(plan, todo, run, options)) as results:
             if todo:
-                for shard, record in run_pipeline(plan, todo, run, options):
+                for shard, record in results:
                     collector.add(shard, record)
                     computed += 1
                     errors += isinstance(record, Dropped) and record.stage == "error"
@@ -551,14 +596,15 @@ def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
         complete = not collector.pending
         total_bytes = sum((out / shard_name(i)).stat().st_size for i in range(plan.num_shards)
                           if (out / shard_name(i)).exists())  # fmt: skip
-        manifest = _manifest(out, plan, attrs, complete)
-        written = manifest["num_samples"]
-        manifest["stats"] = {
-            "seconds": round(seconds, 3),
-            "pairs_computed": computed,
-            "pairs_per_second": round(computed / seconds, 3) if seconds > 0 else None,
-            "bytes_per_sample": round(total_bytes / written, 1) if written else None,
-        }
-        write_json_atomic(out / MANIFEST, manifest)
+        with write_errors(out):
+            manifest = _manifest(out, plan, attrs, complete)
+            written = manifest["num_samples"]
+            manifest["stats"] = {
+                "seconds": round(seconds, 3),
+                "pairs_computed": computed,
+                "pairs_per_second": round(computed / seconds, 3) if seconds > 0 else None,
+                "bytes_per_sample": round(total_bytes / written, 1) if written else None,
+            }
+            write_json_atomic(out / MANIFEST, manifest)
     return ExtractResult(out, plan, complete, manifest["num_samples"], read_failures(out),
                          errors, total_bytes, seconds, computed, manifest)  # fmt: skip

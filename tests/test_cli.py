@@ -72,10 +72,10 @@ def test_raft_without_weights_says_how_to_supply_them(synth_clips: Path, tmp_pat
 
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys, ray_local):
-    from pipelines.demo import run_demo
+    from pipelines.demo import DemoSettings, run_demo
 
     out = tmp_path / "demo"
-    summary = run_demo(out, clips=2, train_iters=4)
+    summary = run_demo(out, DemoSettings(clips=2, iters=4))
     assert json.loads(json.dumps(summary)) == json.loads((out / "summary.json").read_text())
     assert summary["pairs"] == 8 and len(list((out / "pictures").glob("*.png"))) == 8
     # The estimated flow must be far better than no flow at all on the ground truth.
@@ -102,7 +102,16 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys, ray_local):
     assert summary["propagate"]["sample_id"].startswith("clip000.mp4")
     # One clip cannot be both trained on and held out.
     with pytest.raises(ValueError, match="at least 2 clips"):
-        run_demo(tmp_path / "one", clips=1)
+        DemoSettings(clips=1)
+
+
+def test_the_demo_profiles_are_the_ones_the_command_offers():
+    from cmpdata.cli import build_parser
+    from pipelines.demo import PROFILES
+
+    demo = build_parser()._subparsers._group_actions[0].choices["demo"]
+    profile = next(a for a in demo._actions if a.dest == "profile")
+    assert set(profile.choices) == set(PROFILES)
 
 
 def _extract_config(argv):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -209,6 +210,31 @@ def test_the_gradient_flows_through_the_upsampling():
     logits = torch.zeros(1, 198, 2, 2, requires_grad=True)
     cmp_loss(logits, torch.full((1, 2, 16, 16), 10.0)).backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("height", "width", "stride"), [(40, 56, 4), (41, 53, 4), (37, 50, 3)])
+def test_a_stride_scores_the_centre_pixels_with_their_full_resolution_logits(height, width, stride):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 198, 6, 7, generator=generator) * 5
+    flow = torch.randn(2, 2, height, width, generator=generator) * 8
+    valid = torch.rand(2, height, width, generator=generator) > 0.3
+    full = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+    o = stride // 2
+    picked = full[:, :, o::stride, o::stride]
+    target = flow_to_bins(flow[:, :, o::stride, o::stride], 99)
+    per_pixel = F.cross_entropy(picked[:, :99], target[:, 0], reduction="none") + F.cross_entropy(
+        picked[:, 99:], target[:, 1], reduction="none"
+    )
+    mask = valid[:, o::stride, o::stride]
+    expected = per_pixel[mask].mean()
+    assert cmp_loss(logits, flow, valid, stride=stride).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
+
+
+def test_a_stride_under_one_is_refused():
+    with pytest.raises(ValueError, match="stride"):
+        cmp_loss(torch.zeros(1, 198, 2, 2), torch.zeros(1, 2, 8, 8), stride=0)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,249 @@
+"""GPU figures: RAFT speed per pair against batched half precision, and the pipeline's GPU path.
+
+Needs a CUDA device; without one, :func:`measure` returns ``{"skipped": "no CUDA device"}``.
+
+Inputs are synthetic frames (:class:`cmpdata.synth.SyntheticClip`, 416 x 560, the default
+short side) made in memory, so nothing has to be decoded or downloaded. RAFT runs with random
+weights (``random_init``): speed does not depend on the weights, and its error would mean
+nothing. Given weights (``--weights-small`` / ``--weights-large``), the end-point error on the
+clips' exact ground truth is measured too.
+
+Measured, ``repeats`` times each after one warm-up pass (cuDNN picks its kernels then):
+
+- ``raft-small`` and ``raft-large``, 12 refinement updates, numpy frames in and numpy flows
+  out (host transfers included, as in the pipeline): one pair per forward pass in fp32 (the
+  way per-pair tools run it) against ``batch_size`` pairs per pass in fp16 and bf16 autocast
+  (the pipeline's path);
+- when Ray is importable: ``extract`` with one GPU flow actor (``--num-gpus 1``, raft-small,
+  fp16, random weights) on JPEG frame folders of synthetic clips (40 frames, every pair of
+  gap 3), with the other CPUs decoding and encoding; and, on the same machine and clips,
+  ``extract`` with DIS on every CPU (:func:`pipeline_figures`). Random weights give noisy
+  flows that cost the codec more than smooth ones (one 416 x 560 pair on this project's
+  2-core machine: 62 ms against 11 ms for the DIS flow), so the GPU figure is a lower bound.
+
+Run ``python -m benchmarks.gpu [--quick] [--weights-small FILE] [--weights-large FILE]``:
+prints a table and writes ``bench-out/gpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from benchmarks.common import write_result
+from cmpdata.flow import build_flow
+from cmpdata.synth import SynthConfig, SyntheticClip
+
+HEIGHT, WIDTH = 416, 560
+GAP = 3
+VARIANTS = ("raft-small", "raft-large")
+
+
+Pair = tuple[np.ndarray, np.ndarray, np.ndarray]  # frame t, frame t + GAP, exact flow
+
+
+def synthetic_pairs(count: int, frames_per_clip: int = 20) -> list[Pair]:
+    """``count`` pairs (frame t, frame t + GAP, exact flow) from synthetic 416 x 560 clips."""
+    pairs = []
+    seed = 0
+    while len(pairs) < count:
+        clip = SyntheticClip(SynthConfig(height=HEIGHT, width=WIDTH, num_frames=frames_per_clip,
+                                         seed=seed))  # fmt: skip
+        for t in range(frames_per_clip - GAP):
+            if len(pairs) == count:
+                break
+            pairs.append((clip.frame(t), clip.frame(t + GAP), clip.flow(t, t + GAP)))
+        seed += 1
+    return pairs
+
+
+def pairs_per_second(flow: Any, frames0: list[np.ndarray], frames1: list[np.ndarray],
+                     repeats: int) -> dict[str, float]:  # fmt: skip
+    """Median and range of pairs/s of ``flow`` over ``repeats`` passes, after one warm-up."""
+    import torch
+
+    flow(frames0, frames1)
+    rates = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        flow(frames0, frames1)
+        rates.append(len(frames0) / (time.perf_counter() - start))
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+def end_point_error(flow: Any, pairs: list[Pair]) -> float:
+    estimates = flow([a for a, _, _ in pairs], [b for _, b, _ in pairs])
+    return float(np.mean([np.linalg.norm(e - gt, axis=-1).mean()
+                          for e, (_, _, gt) in zip(estimates, pairs, strict=True)]))  # fmt: skip
+
+
+def raft_figures(pairs: list[Pair], repeats: int, batch_size: int,
+                 weights: dict[str, str | None]) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per (variant, way of running it)."""
+    frames0 = [a for a, _, _ in pairs]
+    frames1 = [b for _, b, _ in pairs]
+    ways = (("fp32", 1), ("fp16", batch_size), ("bf16", batch_size))
+    rows = []
+    for variant in VARIANTS:
+        for precision, batch in ways:
+            flow = build_flow(variant, random_init=True, device="cuda", precision=precision,
+                              batch_size=batch)  # fmt: skip
+            row = {"variant": variant, "precision": precision, "batch_size": batch,
+                   "pairs_per_s": pairs_per_second(flow, frames0, frames1, repeats)}  # fmt: skip
+            if weights.get(variant):
+                trained = build_flow(variant, weights=weights[variant], device="cuda",
+                                     precision=precision, batch_size=batch)  # fmt: skip
+                row["epe_px"] = end_point_error(trained, pairs)
+            rows.append(row)
+        base = rows[-3]["pairs_per_s"]["median"]
+        for row in rows[-3:]:
+            row["speed_up"] = row["pairs_per_s"]["median"] / base
+    return rows
+
+
+def write_frame_folders(root: Path, clips: int, frames: int) -> list[str]:
+    """Synthetic clips as JPEG frame folders (no ffmpeg needed): their paths."""
+    folders = []
+    for i in range(clips):
+        clip = SyntheticClip(SynthConfig(height=HEIGHT, width=WIDTH, num_frames=frames, seed=i))
+        folder = root / f"clip{i:03d}"
+        folder.mkdir(parents=True)
+        for t in range(frames):
+            image = cv2.cvtColor(clip.frame(t), cv2.COLOR_RGB2BGR)
+            cv2.imwrite(str(folder / f"{t:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        folders.append(str(folder))
+    return folders
+
+
+def pipeline_figures(clips: int, frames: int, batch_size: int) -> dict[str, Any]:
+    """``extract`` pairs/s with one GPU flow actor (raft-small fp16) and with DIS on the CPUs.
+
+    Each way runs on the first half of the clips and on all of them, each run into a fresh
+    directory (after one untimed run that starts Ray's workers). A run's time includes what
+    does not grow with the input (planning, the flow actor's start: CUDA and the model), so
+    besides each run's rate the *marginal* rate is reported: the extra pairs of the larger run
+    over its extra seconds, the rate a long extraction approaches.
+    """
+    import ray
+
+    from cmpdata.config import ExtractConfig
+    from cmpdata.decode import PairConfig
+    from pipelines.extract import RunSettings, ensure_ray, extract
+
+    cpus = os.cpu_count() or 1
+    start = time.perf_counter()
+    ensure_ray(None, cpus)
+    ray_start = time.perf_counter() - start
+    pairs = PairConfig(gap=GAP, stride=1)
+    ways = {
+        "raft-small fp16, 1 GPU actor": (
+            ExtractConfig(pairs=pairs, flow="raft-small",
+                          flow_options={"random_init": True, "precision": "fp16"}),
+            RunSettings(workers=cpus, num_gpus=1, batch_size=batch_size, progress=False),
+        ),
+        f"dis medium, {cpus} CPU workers": (
+            ExtractConfig(pairs=pairs), RunSettings(workers=cpus, progress=False)),
+    }  # fmt: skip
+    result: dict[str, Any] = {"ray_start_s": ray_start, "cpus": cpus, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = write_frame_folders(Path(tmp) / "clips", clips, frames)
+        runs = (("warm-up", inputs[:1]), ("half", inputs[: clips // 2]), ("all", inputs))
+        for name, (config, run) in ways.items():
+            timed = {}
+            for label, chosen in runs:
+                start = time.perf_counter()
+                done = extract(chosen, Path(tmp) / f"{name.split()[0]}-{label}", config, run)
+                timed[label] = (done.written, time.perf_counter() - start, done.complete)
+            (half, half_s, _), (pairs_all, all_s, complete) = timed["half"], timed["all"]
+            result["runs"][name] = {
+                "pairs": pairs_all, "seconds": all_s, "pairs_per_s": pairs_all / all_s,
+                "marginal_pairs_per_s": (pairs_all - half) / (all_s - half_s),
+                "complete": complete,
+            }  # fmt: skip
+    ray.shutdown()
+    return result
+
+
+PARTS = ("raft", "pipeline")
+
+
+def measure(quick: bool = False, weights: dict[str, str | None] | None = None,
+            parts: tuple[str, ...] = PARTS) -> dict[str, Any]:  # fmt: skip
+    """The GPU figures of ``parts``, or ``{"skipped": reason}`` without a CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    count, repeats, batch_size = (32, 2, 16) if quick else (96, 3, 16)
+    pairs = synthetic_pairs(count if "raft" in parts else 0)
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
+        "conditions": f"{count} synthetic pairs of {HEIGHT}x{WIDTH}, 12 RAFT updates, "
+                      f"random weights, {repeats} timed passes after a warm-up",
+    }  # fmt: skip
+    if "raft" in parts:
+        result["raft"] = raft_figures(pairs, repeats, batch_size, weights or {})
+    if "pipeline" not in parts:
+        return result
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        result["pipeline"] = {"skipped": "Ray is not installed"}
+    else:
+        result["pipeline"] = pipeline_figures(8 if quick else 32, 40, batch_size)
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    if "skipped" in result:
+        print(f"GPU: skipped ({result['skipped']})")
+        return
+    print(f"GPU: {result['device']}; {result['conditions']}")
+    print(f"{'variant':<12} {'precision':<9} {'batch':>5} {'pairs/s':>9} {'range':>15} "
+          f"{'speed-up':>8} {'EPE px':>7}")  # fmt: skip
+    for row in result.get("raft", []):
+        rate = row["pairs_per_s"]
+        epe = f"{row['epe_px']:.3f}" if "epe_px" in row else "-"
+        print(f"{row['variant']:<12} {row['precision']:<9} {row['batch_size']:>5} "
+              f"{rate['median']:>9.1f} {rate['min']:>7.1f}-{rate['max']:<7.1f} "
+              f"{row['speed_up']:>7.2f}x {epe:>7}")  # fmt: skip
+    pipeline = result.get("pipeline", {"skipped": "not asked for"})
+    if "skipped" in pipeline:
+        print(f"pipeline: skipped ({pipeline['skipped']})")
+        return
+    print(f"pipeline (Ray start {pipeline['ray_start_s']:.1f} s, {pipeline['cpus']} CPUs):")
+    for name, run in pipeline["runs"].items():
+        print(f"  {name:<32} {run['pairs']:>5} pairs {run['seconds']:>7.1f} s "
+              f"{run['pairs_per_s']:>7.1f} pairs/s, marginal "
+              f"{run['marginal_pairs_per_s']:>7.1f} pairs/s")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu",
+                                     description=__doc__.split("\n")[0])  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="fewer pairs and repeats")
+    parser.add_argument("--weights-small", help="raft-small weights file: also measure its error")
+    parser.add_argument("--weights-large", help="raft-large weights file: also measure its error")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--out", type=Path, default=Path("bench-out/gpu.json"))
+    args = parser.parse_args(argv)
+    weights = {"raft-small": args.weights_small, "raft-large": args.weights_large}
+    result = measure(args.quick, weights, tuple(args.parts))
+    print_table(result)
+    write_result(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
