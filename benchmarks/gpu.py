@@ -190,10 +190,12 @@ def measure(quick: bool = False, weights: dict[str, str | None] | None = None,
         "device": torch.cuda.get_device_name(0),
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
-        "conditions": f"{count} synthetic pairs of {HEIGHT}x{WIDTH}, 12 RAFT updates, "
-                      f"random weights, {repeats} timed passes after a warm-up",
     }  # fmt: skip
     if "raft" in parts:
+        result["conditions"] = (
+            f"{count} synthetic pairs of {HEIGHT}x{WIDTH}, 12 RAFT updates, random weights, "
+            f"{repeats} timed passes after a warm-up"
+        )
         result["raft"] = raft_figures(pairs, repeats, batch_size, weights or {})
     if "pipeline" not in parts:
         return result
@@ -210,7 +212,7 @@ def print_table(result: dict[str, Any]) -> None:
     if "skipped" in result:
         print(f"GPU: skipped ({result['skipped']})")
         return
-    print(f"GPU: {result['device']}; {result['conditions']}")
+    print(f"GPU: {result['device']}; {result.get('conditions', '')}")
     print(f"{'variant':<12} {'precision':<9} {'batch':>5} {'pairs/s':>9} {'range':>15} "
           f"{'speed-up':>8} {'EPE px':>7}")  # fmt: skip
     for row in result.get("raft", []):

@@ -68,12 +68,15 @@ def run_stage_demo(
     flow: str = "dis",
     max_pairs_per_video: int = 4,
     size: tuple[int, int] = (416, 560),
+    frames: int = 40,
+    staged: int | None = None,
 ) -> dict[str, Any]:
-    """Generate clips of ``size`` (H, W) px, run the stages on their mp4 files at that size,
-    write pictures and a summary."""
+    """Generate ``clips`` clips of ``frames`` frames of ``size`` (H, W) px, run the stages on
+    the mp4 files of the first ``staged`` of them (``None``: all) at that size, write
+    pictures and a summary."""
     out = Path(out_dir)
     clips_dir = out / "clips"
-    make_clips(clips_dir, clips, seed=seed, height=size[0], width=size[1])
+    make_clips(clips_dir, clips, seed=seed, height=size[0], width=size[1], num_frames=frames)
     backend = build_flow(flow)
     guidance = GuidanceConfig()
     sampler = build_sampler(guidance)
@@ -84,7 +87,7 @@ def run_stage_demo(
     )
     rows: list[dict[str, Any]] = []
     dropped: list[Dropped] = []
-    sources = find_sources([str(clips_dir / "*.mp4")])
+    sources = find_sources([str(clips_dir / "*.mp4")])[:staged]
     for source in tqdm(sources, desc="demo clips", unit="clip"):
         for item in process_source(source, backend, sampler, config):
             if isinstance(item, Dropped):
