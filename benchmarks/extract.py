@@ -1,17 +1,18 @@
 """End-to-end extraction speed: the Ray pipeline (:mod:`pipelines.extract`) against a loop.
 
-Inputs: ``--clips`` synthetic clips (:func:`cmpdata.synth.make_clips`, 416 x 560, ``--frames``
-frames each; with the default pairs, gap 3 and stride 10, a 40-frame clip gives 4 pairs) and
-any ``--videos``. Every run gets the same inputs and the same :class:`ExtractConfig` (the
-defaults: DIS flow, the default filters, guidance and codec) and writes to a fresh directory.
+Inputs: the run's synthetic clips (416 x 560, 40 frames each by default: with the default
+pairs, gap 3 and stride 10, 4 pairs a clip) and any ``--videos``. Every run gets the same
+inputs and the same :class:`ExtractConfig` (the defaults: DIS flow, the default filters,
+guidance and codec) and writes to a fresh directory.
 
-Measured, ``--repeats`` times each, interleaved so that a busy spell of the (shared) machine
-slows them alike:
+Measured, 5 times each (once with ``--quick``), interleaved so that a busy spell of the
+(shared) machine slows them alike:
 
-- ``loop``: the same stages in this process (:func:`cmpdata.process.process_source`: decode,
-  frame filters, flow, flow filters, guidance; then :func:`cmpdata.shards.encode_sample` and
-  :func:`cmpdata.shards.write_shard` in ``shard_size`` chunks of the planned pairs), OpenCV on
-  one thread as in the pipeline's workers;
+- ``loop``: the same stages in this process (:func:`benchmarks.common.extract_in_process`:
+  :func:`cmpdata.process.process_source` -- decode, frame filters, flow, flow filters,
+  guidance -- then :func:`cmpdata.shards.encode_sample`; then
+  :func:`cmpdata.shards.write_shard` in ``shard_size`` chunks of the planned pairs), OpenCV
+  on one thread as in the pipeline's workers;
 - ``extract`` through a local Ray with 1 and with 2 workers. Ray is started once, before any
   timing (its start-up is reported on its own), so every run reuses it. Its first run, while
   Ray's worker processes start and import the stages, is also reported on its own, not in the
@@ -20,22 +21,24 @@ slows them alike:
   sources) and the pipeline (from the start of :func:`pipelines.extract.run_pipeline` to its
   last result, the driver's shard writing included).
 
+Then the loop's time is split by stage (:func:`stage_budget`, two passes): milliseconds per
+pair of probing the source (as planning does), decoding (the child process's start-up
+included), the frame filters, the flow, the flow filters, the guidance and the encoding
+(JPEG frame, flow codec).
+
 Throughput is planned pairs per second (dropped pairs count: they were decoded too). The
 loop's content digest (:func:`cmpdata.manifest.content_digest` over its encoded samples in plan
 order) is compared with each manifest's ``content_digest``: the same stages and config must
 give the same dataset (on inputs that decode: the loop leaves out a source whose decoding
 fails, where the pipeline keeps the pairs it got).
 
-Run ``python -m benchmarks.extract [--videos PATH...] [--clips N] [--repeats R] [--quick]``:
-prints a table and writes ``bench-out/extract.json``.
+``python -m benchmarks.extract``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -44,52 +47,38 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import ray
 
 import pipelines.extract as pipeline
-from benchmarks.common import write_result
+from benchmarks.common import (
+    Bench,
+    extract_in_process,
+    figure,
+    measured,
+    ratios,
+    shard_attrs,
+)
 from cmpdata.config import ExtractConfig
-from cmpdata.errors import CmpDataError
+from cmpdata.decode import iter_pairs
+from cmpdata.filters import check_flow, check_frames
 from cmpdata.flow import build_flow
 from cmpdata.guidance import build_sampler
 from cmpdata.manifest import content_digest
-from cmpdata.plan import split_of
-from cmpdata.process import process_source
+from cmpdata.process import compute_flows, guide
 from cmpdata.records import Dropped
 from cmpdata.shards import EncodedSample, encode_sample, shard_name, write_shard
-from cmpdata.sources import find_sources
-from cmpdata.synth import make_clips
+from cmpdata.sources import find_sources, probe
 
-HEIGHT, WIDTH = 416, 560  # synthetic clip size (px): short side 416, the default resize
+PART = "extract"
 WORKERS = (1, 2)
 GOAL_RATIO = 1.0  # extract with 2 workers at least as fast as the loop
 
 
 def run_loop(inputs: list[str], config: ExtractConfig, out: Path) -> dict[str, Any]:
-    """The stages in this process, writing shards to ``out``: seconds, pairs, content digest.
-
-    Sources are taken in id order and each one's pairs in frame order: the plan's order. A
-    source that cannot be used is left out, as the plan leaves it out.
-    """
+    """The stages in this process, writing shards to ``out``: seconds, pairs, content digest."""
     start = time.perf_counter()
-    cv2.setNumThreads(1)
-    flow = build_flow(config.flow, **config.flow_options)
-    sampler = build_sampler(config.guidance)
-    results: list[EncodedSample | Dropped] = []
-    for source in find_sources(inputs):
-        split = split_of(source.id, config.val_fraction)
-        done: list[EncodedSample | Dropped] = []
-        try:
-            for r in process_source(source, flow, sampler, config):
-                done.append(r if isinstance(r, Dropped) else
-                            encode_sample(r, split, config.codec, config.jpeg_quality))  # fmt: skip
-        except CmpDataError:
-            continue
-        # Frame-filter drops come out ahead of their batch; the plan orders pairs by frame.
-        results += sorted(done, key=lambda r: r.t0)
-    attrs = {"config": config.to_dict(), "flow_backend": flow.identity(),
-             "codec": config.codec.params()}  # fmt: skip
+    results = extract_in_process(inputs, config)
+    attrs = shard_attrs(config)
     size = config.shard_size
     samples = [r for r in results if isinstance(r, EncodedSample)]
     for index, first in enumerate(range(0, len(results), size)):
@@ -160,41 +149,64 @@ def start_ray(cpus: int) -> float:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     start = time.perf_counter()
     # "local": a Ray of our own, even when another one runs on this (shared) machine.
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")  # fmt: skip
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     return time.perf_counter() - start
 
 
-def spread(values: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "values": values}  # fmt: skip
+STAGES = ("probe", "decode", "frame filters", "flow", "flow filters", "guidance", "encode")
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and spread of a variant's runs: seconds and pairs/s, whole and by part."""
-    out: dict[str, Any] = {"pairs": runs[0]["pairs"], "written": runs[0]["written"]}
-    for key in ("seconds", "plan_seconds", "pipeline_seconds"):
-        if key in runs[0]:
-            out[key] = spread([r[key] for r in runs])
-    out["pairs_per_s"] = spread([r["pairs"] / r["seconds"] for r in runs])
-    if "pipeline_seconds" in runs[0]:
-        out["pipeline_pairs_per_s"] = spread([r["pairs"] / r["pipeline_seconds"] for r in runs])
-    return out
+def stage_budget(inputs: list[str], config: ExtractConfig) -> dict[str, float]:
+    """Milliseconds per decoded pair that each stage of the loop takes, in this process.
+
+    Probing (what planning does) and decoding are timed per source (the decoder's child
+    process starts once per source) and shared over the source's pairs; a pair the frame
+    filters drop costs no later stage.
+    """
+    cv2.setNumThreads(1)
+    flow = build_flow(config.flow, **config.flow_options)
+    sampler = build_sampler(config.guidance)
+    seconds = dict.fromkeys(STAGES, 0.0)
+    count = 0
+
+    def timed(stage: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        out = fn()
+        seconds[stage] += time.perf_counter() - start
+        return out
+
+    for source in find_sources(inputs):
+        info = timed("probe", lambda s=source: probe(s, config.pairs.timeout))
+        items = timed(
+            "decode",
+            lambda s=source, i=info: list(iter_pairs(s, config.pairs, i, config.filters.crop)),
+        )
+        for pair in items:
+            if isinstance(pair, Dropped):
+                continue
+            count += 1
+            if timed("frame filters", lambda p=pair: check_frames(p, config.filters)):
+                continue
+            (sample,) = timed("flow", lambda p=pair: compute_flows([p], flow, config.consistency))
+            if timed("flow filters", lambda s=sample: check_flow(s, config.filters)):
+                continue
+            guided = timed("guidance", lambda s=sample: guide(s, sampler, config.seed))
+            timed(
+                "encode",
+                lambda g=guided: encode_sample(g, "train", config.codec, config.jpeg_quality),
+            )
+    return {stage: 1e3 * s / max(count, 1) for stage, s in seconds.items()}
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "opencv": cv2.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def measured(workers: int | None, inputs: list[str], config: ExtractConfig, out: Path
-             ) -> dict[str, Any]:  # fmt: skip
+def one_run(
+    workers: int | None, inputs: list[str], config: ExtractConfig, out: Path
+) -> dict[str, Any]:
     """One run into ``out``: the loop (``workers`` None) or ``extract``; with the load before."""
     load = os.getloadavg()[0]
     if workers is None:
@@ -204,120 +216,120 @@ def measured(workers: int | None, inputs: list[str], config: ExtractConfig, out:
     return result | {"load_1min_before": load}
 
 
-def run(videos: list[Path], clips: int, frames: int, repeats: int) -> dict[str, Any]:
+def measure(bench: Bench) -> dict[str, Any]:
+    """The loop and ``extract`` with 1 and 2 workers on the same inputs (module docstring)."""
     config = ExtractConfig()
-    load_start = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="cmp-bench-extract-") as tmp:
-        inputs = [str(p) for p in videos]
-        if clips:
-            files = make_clips(Path(tmp) / "clips", clips, height=HEIGHT, width=WIDTH,
-                               num_frames=frames, gap=config.pairs.gap)  # fmt: skip
-            inputs += [str(f.video) for f in files]
-        ray_seconds = start_ray(max(WORKERS))
+    repeats = 1 if bench.quick else 5
+    inputs = [str(p) for p in [*bench.clip_videos, *bench.videos]]
+    scratch = Path(tempfile.mkdtemp(prefix="extract-", dir=bench.root))
+    ray_seconds = start_ray(max(WORKERS))
+    try:
         # The first run after Ray's start waits for its worker processes to start and import
         # the stages: shown apart, so that the repeats compare the variants alike.
-        first = measured(max(WORKERS), inputs, config, Path(tempfile.mkdtemp(dir=tmp)))
-        print(f"  extract {max(WORKERS)}w first run: {first['seconds']:.1f} s", flush=True)
+        first = one_run(max(WORKERS), inputs, config, Path(tempfile.mkdtemp(dir=scratch)))
         variants = {"loop": None} | {f"extract {w}w": w for w in WORKERS}
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
         for repeat in range(repeats):
             for name, workers in variants.items():
-                result = measured(workers, inputs, config, Path(tempfile.mkdtemp(dir=tmp)))
+                result = one_run(workers, inputs, config, Path(tempfile.mkdtemp(dir=scratch)))
                 runs[name].append(result | {"repeat": repeat})
-                print(f"  {name:<12} repeat {repeat}: {result['seconds']:.1f} s, "
-                      f"load {result['load_1min_before']:.1f}", flush=True)  # fmt: skip
+    finally:
         ray.shutdown()
-    summary = {name: summarise(r) for name, r in runs.items()}
+    budgets = [stage_budget(inputs, config) for _ in range(1 if bench.quick else 2)]
+    pairs = runs["loop"][0]["pairs"]
+    rate = {name: [r["pairs"] / r["seconds"] for r in rs] for name, rs in runs.items()}
+    figures = [
+        measured(
+            PART,
+            f"{name}, whole run",
+            rate[name],
+            "pairs/s",
+            key=f"extract.{name.replace(' ', '_')}.pairs_per_s",
+        )
+        for name in variants
+    ]
+    for w in WORKERS:
+        rs = runs[f"extract {w}w"]
+        plan = sum(r["plan_seconds"] for r in rs) / len(rs)
+        figures.append(
+            measured(
+                PART,
+                f"extract {w}w, pipeline only",
+                [r["pairs"] / r["pipeline_seconds"] for r in rs],
+                "pairs/s",
+                note=f"planning {plan:.1f} s a run",
+                key=f"extract.extract_{w}w.pipeline_pairs_per_s",
+            )
+        )
     loop_digest = runs["loop"][0]["content_digest"]
     digests = {r["content_digest"] for rs in [*runs.values(), [first]] for r in rs}
-    rate = {name: s["pairs_per_s"]["median"] for name, s in summary.items()}
-    return {
-        "inputs": {
-            "synthetic_clips": clips,
-            "frames_per_clip": frames,
-            "size_hw": [HEIGHT, WIDTH],
-            "videos": [str(p) for p in videos],
-        },
+    match = (
+        "content digests of all runs match"
+        if digests == {loop_digest}
+        else "CONTENT DIGESTS DIFFER"
+    )
+    figures += [
+        measured(
+            PART,
+            "extract 2w / loop",
+            ratios(rate["extract 2w"], rate["loop"]),
+            "x",
+            goal=(">=", GOAL_RATIO),
+            note=match,
+            key="extract.ratio_2w_loop",
+        ),
+        measured(
+            PART,
+            "scaling 1 -> 2 workers",
+            ratios(rate["extract 2w"], rate["extract 1w"]),
+            "x",
+            key="extract.scaling_1w_2w",
+        ),
+        figure(PART, "Ray start-up", ray_seconds, "s", note="once per command"),
+        figure(
+            PART,
+            "first extract after start-up",
+            first["seconds"],
+            "s",
+            note=f"{max(WORKERS)} workers starting; not in the figures above",
+        ),
+    ]
+    total = sum(statistics.median(b[stage] for b in budgets) for stage in STAGES)
+    for stage in STAGES:
+        ms = [b[stage] for b in budgets]
+        share = f"{100 * statistics.median(ms) / total:.0f} % of {total:.0f} ms"
+        figures.append(
+            measured(
+                PART,
+                f"loop stage: {stage}",
+                ms,
+                "ms/pair",
+                note=share,
+                key=f"extract.stage.{stage.replace(' ', '_')}_ms",
+            )
+        )
+    conditions = {
+        "pairs": pairs,
+        "inputs": {"synthetic_clips": len(bench.clips), "videos": [str(p) for p in bench.videos]},
         "config": config.to_dict(),
-        "conditions": {
-            "repeats": repeats,
-            "opencv_threads": 1,
-            "ray_init": {"num_cpus": max(WORKERS), "include_dashboard": False},
-            "batch_size": pipeline.RunSettings().batch_size,
-            "pairs_per_item": pipeline.PAIRS_PER_ITEM,
-            "load_avg_start": list(load_start),
-            "load_avg_end": list(os.getloadavg()),
-        },
-        "machine": machine(),
-        "ray_start_seconds": ray_seconds,
-        "first_extract": first,
-        "summary": summary,
-        "scaling_2w_over_1w": rate["extract 2w"] / rate["extract 1w"],
-        "extract_2w_over_loop": rate["extract 2w"] / rate["loop"],
-        "goal_ratio": GOAL_RATIO,
-        "loop_content_digest": loop_digest,
-        "digests_match": digests == {loop_digest},
-        "runs": runs,
+        "repeats": repeats,
+        "opencv_threads": 1,
+        "ray_init": {"num_cpus": max(WORKERS), "include_dashboard": False},
+        "batch_size": pipeline.RunSettings().batch_size,
     }
-
-
-def print_table(result: dict[str, Any]) -> None:
-    inputs, summary, first = result["inputs"], result["summary"], result["first_extract"]
-    h, w = inputs["size_hw"]
-    print(
-        f"extraction of {summary['loop']['pairs']} pairs: {inputs['synthetic_clips']} synthetic "
-        f"clips ({h}x{w}, {inputs['frames_per_clip']} frames) + {len(inputs['videos'])} videos, "
-        f"{result['config']['flow']} flow, {result['machine']['cpus']} CPUs; "
-        f"median (min-max) of {result['conditions']['repeats']} runs"
-    )
-    print(f"Ray start-up (ray.init, in no figure below): {result['ray_start_seconds']:.1f} s")
-    print(
-        f"first extract run after it (worker processes starting, not in the table): "
-        f"{first['seconds']:.1f} s, {first['pairs'] / first['seconds']:.2f} pairs/s"
-    )
-    header = (
-        f"{'run':<12}{'pairs/s':>20}{'run s':>7}{'plan s':>8}{'pipeline s':>12}"
-        f"{'pipeline pairs/s':>18}"
-    )
-    print(header)
-    print("-" * len(header))
-
-    def cell(x: dict[str, Any], digits: int = 2) -> str:
-        return f"{x['median']:.{digits}f} ({x['min']:.{digits}f}-{x['max']:.{digits}f})"
-
-    for name, s in summary.items():
-        line = f"{name:<12}{cell(s['pairs_per_s']):>20}{s['seconds']['median']:>7.1f}"
-        if "plan_seconds" in s:
-            line += (f"{s['plan_seconds']['median']:>8.1f}{s['pipeline_seconds']['median']:>12.1f}"
-                     f"{cell(s['pipeline_pairs_per_s']):>18}")  # fmt: skip
-        print(line)
-    ratio = result["extract_2w_over_loop"]
-    verdict = "met" if ratio >= result["goal_ratio"] else "NOT met"
-    print(f"scaling 2 workers / 1 worker: {result['scaling_2w_over_1w']:.2f}x")
-    print(
-        f"extract (2 workers) / loop: {ratio:.2f}x (goal >= {result['goal_ratio']:.1f}: {verdict})"
-    )
-    match = "match" if result["digests_match"] else "DIFFER"
-    print(f"content digests of the loop and of every extract run: {match}")
-    start, end = result["conditions"]["load_avg_start"], result["conditions"]["load_avg_end"]
-    print(f"load average (1 min): {start[0]:.1f} at the start, {end[0]:.1f} at the end")
+    details = {
+        "first_extract": first,
+        "runs": runs,
+        "digests_match": digests == {loop_digest},
+        "stage_budget_ms_per_pair": budgets,
+    }
+    return {"figures": figures, "conditions": conditions, "details": details}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--videos", type=Path, nargs="*", default=[], help="more video files")
-    parser.add_argument("--clips", type=int, default=6, help="synthetic clips (0: none)")
-    parser.add_argument("--frames", type=int, default=40, help="frames per synthetic clip")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each variant")
-    parser.add_argument("--quick", action="store_true", help="2 clips, 1 run of each variant")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/extract.json"))
-    args = parser.parse_args(argv)
-    clips, repeats = (min(args.clips, 2), 1) if args.quick else (args.clips, args.repeats)
-    if clips < 1 and not args.videos:
-        parser.error("nothing to extract: give --clips >= 1 or --videos")
-    result = run(args.videos, clips, args.frames, repeats)
-    print_table(result)
-    write_result(result, args.out)
+    from benchmarks.runner import run_part
+
+    run_part(PART, argv)
 
 
 if __name__ == "__main__":

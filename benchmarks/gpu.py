@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import machine, spread, write_result
 from cmpdata.flow import build_flow
 from cmpdata.synth import SynthConfig, SyntheticClip
 
@@ -68,7 +66,8 @@ def synthetic_pairs(count: int, frames_per_clip: int = 20) -> list[Pair]:
 
 def pairs_per_second(flow: Any, frames0: list[np.ndarray], frames1: list[np.ndarray],
                      repeats: int) -> dict[str, float]:  # fmt: skip
-    """Median and range of pairs/s of ``flow`` over ``repeats`` passes, after one warm-up."""
+    """:func:`~benchmarks.common.spread` of ``flow``'s pairs/s over ``repeats`` passes, after
+    one warm-up."""
     import torch
 
     flow(frames0, frames1)
@@ -78,7 +77,7 @@ def pairs_per_second(flow: Any, frames0: list[np.ndarray], frames1: list[np.ndar
         start = time.perf_counter()
         flow(frames0, frames1)
         rates.append(len(frames0) / (time.perf_counter() - start))
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+    return spread(rates)
 
 
 def end_point_error(flow: Any, pairs: list[Pair]) -> float:
@@ -188,7 +187,7 @@ def measure(quick: bool = False, weights: dict[str, str | None] | None = None,
     pairs = synthetic_pairs(count if "raft" in parts else 0)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
     }  # fmt: skip
     if "raft" in parts:
