@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=("quick", "cpu-15min"),
         default="quick",
-        help="quick: 3 clips, 150 training steps (make demo); cpu-15min: 160 short clips "
+        help="quick: 3 clips, 150 training steps (make demo); cpu-15min: 240 short clips "
         "and a 15-minute CPU training run evaluated on held-out clips",
     )
     p.add_argument("--clips", type=int, help="number of synthetic clips (default: the profile's)")

@@ -14,7 +14,7 @@ Everything goes to ``summary.json`` too, with the seconds each part took.
 
 How big each part is comes from a :class:`DemoSettings`; :data:`PROFILES` names two:
 ``quick`` (``make demo``: three 416 x 560 clips, 150 training steps, about a minute) and
-``cpu-15min`` (the model experiment: 160 short clips of 256 x 320, a training run that fits
+``cpu-15min`` (the model experiment: 240 short clips of 256 x 320, a training run that fits
 a 15-minute budget on 2 CPU cores, evaluated on the held-out clips).
 """
 
@@ -77,7 +77,7 @@ PROFILES: dict[str, DemoSettings] = {
     # Many short clips rather than a few long ones: a model trained on few clips learns
     # their textures and generalises poorly to held-out ones.
     "cpu-15min": DemoSettings(
-        clips=160, frames=16, height=256, width=320, staged=6, pair_stride=3, crop=128,
+        clips=240, frames=13, height=256, width=320, staged=6, pair_stride=3, crop=128,
         iters=1800, loss_stride=4, loader_workers=1,
     ),
 }  # fmt: skip
