@@ -85,16 +85,28 @@ def plan_fingerprint(
     return h.hexdigest()
 
 
-def _probe_one(source: Source, config: PairConfig) -> VideoInfo | Dropped:
+def unusable(source: Source, info: VideoInfo, config: PairConfig, where: str | None = None
+             ) -> Dropped | None:  # fmt: skip
+    """Why ``source`` cannot give pairs under ``config`` (too small, fewer frames than
+    ``gap + 1``), as a source-level :class:`Dropped`, or ``None`` when it can. ``where``
+    names the source in the reason (default: its path)."""
     try:
-        info = probe(source, timeout=config.timeout)
         check_source_size(source, info, config.min_side)
     except CmpDataError as exc:
         return Dropped(source.id, -1, -1, "source", str(exc))
     if info.num_frames < config.gap + 1:
-        reason = f"{source.path}: {info.num_frames} frames, fewer than gap + 1 = {config.gap + 1}"
+        where = where or str(source.path)
+        reason = f"{where}: {info.num_frames} frames, fewer than gap + 1 = {config.gap + 1}"
         return Dropped(source.id, -1, -1, "source", reason)
-    return info
+    return None
+
+
+def _probe_one(source: Source, config: PairConfig) -> VideoInfo | Dropped:
+    try:
+        info = probe(source, timeout=config.timeout)
+    except CmpDataError as exc:
+        return Dropped(source.id, -1, -1, "source", str(exc))
+    return unusable(source, info, config) or info
 
 
 def plan_dataset(

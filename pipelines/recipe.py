@@ -41,15 +41,14 @@ import yaml
 from cmpdata.codec import FlowCodec
 from cmpdata.config import ExtractConfig
 from cmpdata.decode import PairConfig, pair_indices
-from cmpdata.errors import CmpDataError, SourceError
+from cmpdata.errors import CmpDataError
 from cmpdata.filters import FilterConfig
 from cmpdata.guidance import GuidanceConfig
 from cmpdata.layouts import LAYOUTS, Layout, Scan, build_layout, choose_layout
 from cmpdata.manifest import write_json_atomic
-from cmpdata.plan import Plan, PlannedSample, plan_dataset, split_of
+from cmpdata.plan import Plan, PlannedSample, plan_dataset, split_of, unusable
 from cmpdata.records import Dropped, Source, VideoInfo
 from cmpdata.seeding import stable_hash
-from cmpdata.sources import check_source_size
 from pipelines.extract import ExtractResult, RunSettings, extract, flow_identity
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -329,7 +328,6 @@ def _usable(scan: Scan, config: ExtractConfig, identity: dict[str, Any], progres
     Frame folders are checked from their listed size and count; video files are probed
     (container metadata) by the pipeline's planner.
     """
-    pairs = config.pairs
     sources: dict[str, Source] = {}
     infos: dict[str, VideoInfo] = {}
     skipped = list(scan.skipped)
@@ -337,15 +335,10 @@ def _usable(scan: Scan, config: ExtractConfig, identity: dict[str, Any], progres
         info = scan.infos.get(source.id)
         if info is None:
             continue
-        try:
-            check_source_size(source, info, pairs.min_side)
-        except SourceError as exc:
-            skipped.append(Dropped(source.id, -1, -1, "source", str(exc)))
-            continue
-        if info.num_frames < pairs.gap + 1:
-            where = f"{source.path}: {source.frames[0]} to {source.frames[-1]}"
-            reason = f"{where}: {info.num_frames} frames, fewer than gap + 1 = {pairs.gap + 1}"
-            skipped.append(Dropped(source.id, -1, -1, "source", reason))
+        where = f"{source.path}: {source.frames[0]} to {source.frames[-1]}"
+        dropped = unusable(source, info, config.pairs, where)
+        if dropped is not None:
+            skipped.append(dropped)
             continue
         sources[source.id], infos[source.id] = source, info
     videos = [s for s in scan.sources if s.id not in scan.infos]
