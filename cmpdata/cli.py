@@ -1,7 +1,9 @@
 """The ``cmpdata`` command. Each sub-command parses its arguments and calls one library function.
 
-Exit codes: 0 success; 1 the work ran but some inputs were skipped or failed (each named
-on stderr); 2 nothing could be done (bad arguments, no usable input).
+Exit codes: 0 success; 1 the work ran but failed or is partial (damaged data found, a failed
+write, sources skipped; each named on stderr, what was finished is kept); 2 nothing was done
+(a bad option or an unusable path: :class:`~cmpdata.errors.UsageError`). Any other error is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
-from cmpdata.errors import CmpDataError, RunStopped
+from cmpdata.errors import CmpDataError, UsageError
+from cmpdata.paths import check_output_dir, check_output_file
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
@@ -82,7 +85,7 @@ def _flow_backend(args: argparse.Namespace):
 
     options = {"weights": args.flow_weights} if args.flow.startswith("raft") else {}
     if args.flow_weights and not args.flow.startswith("raft"):
-        raise CmpDataError(f"--flow-weights applies to RAFT only, not to {args.flow!r}")
+        raise UsageError(f"--flow-weights applies to RAFT only, not to {args.flow!r}")
     return build_flow(args.flow, **options)
 
 
@@ -150,7 +153,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     )
     sampler = build_sampler(GuidanceConfig(strategies=args.guidance))
     backend = _flow_backend(args)
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     written = failed = 0
     for source in find_sources(args.inputs):
         try:
@@ -187,11 +190,11 @@ def load_config_file(path: str) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise CmpDataError(f"{path}: cannot read the configuration ({exc.strerror})") from None
+        raise UsageError(f"{path}: cannot read the configuration ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise CmpDataError(f"{path}: not valid YAML ({exc})") from None
+        raise UsageError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise CmpDataError(f"{path}: a configuration must be a mapping of option: value")
+        raise UsageError(f"{path}: a configuration must be a mapping of option: value")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -209,10 +212,10 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str] | No
     unknown = sorted(set(data) - valid)
     if unknown:
         choices = ", ".join(sorted(valid | set(CONFIG_SECTIONS)))
-        raise CmpDataError(f"{known.config}: unknown keys {unknown}; valid keys: {choices}")
+        raise UsageError(f"{known.config}: unknown keys {unknown}; valid keys: {choices}")
     for key, value in sections.items():
         if not isinstance(value, dict):
-            raise CmpDataError(f"{known.config}: {key} must be a mapping")
+            raise UsageError(f"{known.config}: {key} must be a mapping")
     extract.set_defaults(**data)
     return sections
 
@@ -240,7 +243,7 @@ def extract_config(args: argparse.Namespace, sections: dict) -> ExtractConfig:
             jpeg_quality=args.jpeg_quality,
         )
     except TypeError as exc:  # an unknown field in a config section
-        raise CmpDataError(f"configuration: {exc}") from None
+        raise UsageError(f"configuration: {exc}") from None
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -305,7 +308,7 @@ def cmd_recipe_plan(args: argparse.Namespace) -> int:
     rp = plan_recipe(recipe, parse_roots(args.root), identity, args.limit, not args.quiet)
     print(format_plan(rp, args.cores))
     if not rp.plan.samples:
-        raise CmpDataError(f"recipe {recipe.name}: no frame pairs can be planned from these roots")
+        raise UsageError(f"recipe {recipe.name}: no frame pairs can be planned from these roots")
     return EXIT_OK
 
 
@@ -365,6 +368,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     info = inspect_dataset(args.path)
     print(json.dumps(info, indent=1) if args.json else format_inspect(info))
+    if info["damaged"]:
+        print(f"cmpdata: {len(info['damaged'])} damaged shards or samples in {args.path}: run "
+              "cmpdata verify on it", file=sys.stderr)  # fmt: skip
+        return EXIT_PARTIAL
     return EXIT_OK
 
 
@@ -379,6 +386,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from cmpdata.tools import show_sample
 
+    check_output_file(args.out, (".png",))
     print(
         show_sample(args.path, args.index, args.out, split=args.split, guidance_scale=args.arrows)
     )
@@ -488,15 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.func is cmd_extract:
             return cmd_extract(args, sections)
         return args.func(args)
-    except RunStopped as exc:  # part of the work is done and kept: a rerun finishes it
+    except CmpDataError as exc:  # UsageError: 2, nothing done; others: 1, finished work kept
         print(f"cmpdata: error: {exc}", file=sys.stderr)
-        return EXIT_PARTIAL
-    except CmpDataError as exc:
-        print(f"cmpdata: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as exc:  # bad option values, refused by the library at its boundary
-        print(f"cmpdata: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -87,7 +87,7 @@ import cv2
 import numpy as np
 from scipy import linalg, sparse
 
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import CmpDataError, ConfigError
 from cmpdata.records import check_flow
 
 VERSION = 1
@@ -137,15 +137,15 @@ class FlowCodec:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.downscale, int) and self.downscale >= 1):
-            raise ValueError(f"downscale must be an int >= 1, got {self.downscale!r}")
+            raise ConfigError(f"downscale must be an int >= 1, got {self.downscale!r}")
         for name in ("max_mae", "step"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0 (px), got {value!r}")
+                raise ConfigError(f"{name} must be a finite number > 0 (px), got {value!r}")
         if not (isinstance(self.quality, int) and 0 <= self.quality <= 100):
-            raise ValueError(f"quality must be an int in 0..100, got {self.quality!r}")
+            raise ConfigError(f"quality must be an int in 0..100, got {self.quality!r}")
         if not (isinstance(self.speed, int) and 0 <= self.speed <= 10):
-            raise ValueError(f"speed must be an int in 0..10, got {self.speed!r}")
+            raise ConfigError(f"speed must be an int in 0..10, got {self.speed!r}")
 
     def params(self) -> dict[str, Any]:
         """The settings and format, for provenance (JSON-serialisable)."""

@@ -8,8 +8,12 @@ from typing import Any
 
 from cmpdata.codec import FlowCodec
 from cmpdata.decode import PairConfig
+from cmpdata.errors import ConfigError
 from cmpdata.filters import FilterConfig
+from cmpdata.flow import FLOW_BACKENDS
 from cmpdata.guidance import GuidanceConfig
+
+MAX_SHORT_SIDE = 4096  # px: a pair's frames and flow at 16:9 already take ~400 MB
 
 
 @dataclass(frozen=True)
@@ -30,12 +34,24 @@ class ExtractConfig:
     jpeg_quality: int = 95  # JPEG quality of the stored first frames
 
     def __post_init__(self) -> None:
+        least = FLOW_BACKENDS.get(self.flow).min_side
+        side = self.pairs.short_side
+        if side is not None and not least <= side <= MAX_SHORT_SIDE:
+            raise ConfigError(
+                f"short_side must be in {least}..{MAX_SHORT_SIDE} px for flow {self.flow!r} "
+                f"(or 0 to keep the decoded size), got {side}"
+            )
+        if side is None and self.pairs.min_side < least:
+            raise ConfigError(
+                f"min_side must be >= {least} px for flow {self.flow!r} when frames keep their "
+                f"decoded size, got {self.pairs.min_side}"
+            )
         if not 0.0 <= self.val_fraction <= 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1], got {self.val_fraction}")
+            raise ConfigError(f"val_fraction must be in [0, 1], got {self.val_fraction}")
         if self.shard_size < 1:
-            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+            raise ConfigError(f"shard_size must be at least 1, got {self.shard_size}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
 
     def to_dict(self) -> dict[str, Any]:
         """The content-defining settings as JSON-ready data (what the fingerprint hashes)."""

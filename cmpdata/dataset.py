@@ -14,22 +14,26 @@ from __future__ import annotations
 import operator
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from torch.utils.data import Dataset
 
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import CmpDataError, UsageError
 from cmpdata.manifest import MANIFEST, read_manifest
-from cmpdata.shards import SPLITS, ShardError, ShardReader, StoredSample, file_sha256
+from cmpdata.shards import (
+    SPLITS,
+    ShardError,
+    ShardReader,
+    StoredSample,
+    check_schema,
+    file_sha256,
+)
 
 SHARD_GLOB = "shard-*.h5"
-_PER_SHARD = "guide_offsets"  # the one column of length N + 1 rather than N
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,17 @@ def list_shards(root: str | Path) -> tuple[list[ListedShard], dict[str, Any] | N
     A complete manifest's ``shards`` list is used as is (a listed file may be missing); without
     a manifest, or with an incomplete one, the ``shard-*.h5`` files present are listed in name
     order. Raises :class:`CmpDataError` naming ``root`` when it does not exist, holds no shard,
-    or its manifest is unreadable.
+    or its manifest is unreadable, and :class:`ShardError` when the manifest names another
+    shard schema (one line saying to extract again, instead of one error a shard).
     """
     root = Path(root)
     if root.is_file():
         return [ListedShard(root)], None
     if not root.is_dir():
-        raise CmpDataError(f"{root}: no such dataset directory or shard file")
+        raise UsageError(f"{root}: no such dataset directory or shard file")
     manifest = read_manifest(root) if (root / MANIFEST).exists() else None
+    if manifest is not None:
+        check_schema(root, manifest.get("schema_version"))
     if manifest is not None and manifest.get("complete"):
         listed = [
             ListedShard(root / s["name"], int(s["num_samples"]), int(s["bytes"]), s.get("sha256"))
@@ -64,49 +71,19 @@ def list_shards(root: str | Path) -> tuple[list[ListedShard], dict[str, Any] | N
     else:
         listed = [ListedShard(p) for p in sorted(root.glob(SHARD_GLOB))]
     if not listed:
-        raise CmpDataError(f"{root}: no shards ({SHARD_GLOB}) found")
+        raise UsageError(f"{root}: no shards ({SHARD_GLOB}) found")
     return listed, manifest
 
 
-# What h5py raises, beyond what ShardReader turns into ShardError, when the HDF5 metadata of a
-# file is corrupt (found by flipping each byte of a shard in turn).
-CORRUPT_FILE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
-
-
-@contextmanager
-def shard_errors(path: str | Path) -> Iterator[None]:
-    """Turn the errors a corrupt HDF5 file causes inside the block into :class:`ShardError`
-    naming ``path``."""
-    try:
-        yield
-    except ShardError:
-        raise
-    except CORRUPT_FILE_ERRORS as exc:
-        raise ShardError(path, f"unreadable ({type(exc).__name__}: {exc})") from None
-
-
 def read_columns(path: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Whole per-sample columns of one shard (``split``, ``sample_id``, ``size``...), then close.
+    """Whole columns of one shard (:data:`~cmpdata.shards.DATASETS`), then close.
 
     String columns come back as object arrays of ``str``. Raises :class:`ShardError` naming
     the file when it is missing, not HDF5, of another schema, lacks a dataset, is corrupt, or a
     column has the wrong length.
     """
-    with ShardReader(path) as reader, shard_errors(path):
-        n = len(reader)  # opens the file and checks its schema and datasets
-        # ShardReader reads one sample at a time; whole columns need the file itself.
-        f = reader._open()
-        out = {}
-        for name in names:
-            ds = f[name]
-            column = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-            expected = n + 1 if name == _PER_SHARD else n
-            if len(column) != expected:
-                raise ShardError(
-                    path, f"dataset {name!r} has {len(column)} rows, expected {expected}"
-                )
-            out[name] = column
-    return out
+    with ShardReader(path) as reader:
+        return reader.columns(names)
 
 
 def check_listed(
@@ -128,8 +105,8 @@ def check_listed(
             raise ShardError(shard.path, f"{size} bytes, the manifest lists {shard.bytes}")
     if checksum and shard.sha256 is not None and file_sha256(shard.path) != shard.sha256:
         raise ShardError(shard.path, "sha256 differs from the manifest's: the file changed")
-    columns = read_columns(shard.path, ["split", *names])
-    n = len(columns["split"])
+    columns = read_columns(shard.path, ["meta", *names])
+    n = len(columns["meta"])
     if shard.num_samples is not None and n != shard.num_samples:
         raise ShardError(shard.path, f"holds {n} samples, the manifest lists {shard.num_samples}")
     return columns
@@ -142,7 +119,7 @@ class ShardDataset(Dataset):
     ``"train"``, ``"val"`` or None (every sample). Item ``i`` is ``transform(sample)``, or the
     :class:`~cmpdata.shards.StoredSample` itself without a transform.
 
-    Construction opens every shard once, reads its small ``split`` column and closes it again.
+    Construction opens every shard once, reads its small ``meta`` column and closes it again.
     A damaged shard (missing, truncated, not HDF5, lacking a dataset, or disagreeing with the
     manifest) raises :class:`ShardError` naming it; with ``skip_damaged`` it is left out with a
     warning and listed in :attr:`skipped` as ``(path, reason)``, and each shard's sha256 is
@@ -181,7 +158,7 @@ class ShardDataset(Dataset):
                 )
             for shard in listed:
                 try:
-                    splits = check_listed(shard, [], checksum=skip_damaged)["split"]
+                    splits = check_listed(shard, [], checksum=skip_damaged)["meta"]["split"]
                 except ShardError as exc:
                     if not skip_damaged:
                         raise
@@ -219,8 +196,7 @@ class ShardDataset(Dataset):
         """Item ``index``; raises ``IndexError`` when out of range and :class:`ShardError`
         naming the shard when the sample cannot be read."""
         shard, row = self._position(index)
-        with shard_errors(self.shards[shard]):
-            sample = self._readers[shard].read(row)
+        sample = self._readers[shard].read(row)
         return sample if self.transform is None else self.transform(sample)
 
     def sample_ids(self) -> list[str]:

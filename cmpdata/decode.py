@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cmpdata.errors import DecodeError, DecodeTimeout, SourceError
+from cmpdata.errors import ConfigError, DecodeError, DecodeTimeout, SourceError
 from cmpdata.media import ffmpeg_exe
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
 from cmpdata.sources import check_source_size, ffmpeg_complaint, probe
@@ -62,15 +62,15 @@ class PairConfig:
     def __post_init__(self) -> None:
         for name in ("gap", "stride", "min_side"):
             if getattr(self, name) < 1:
-                raise ValueError(f"PairConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"PairConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_pairs_per_video", "short_side"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"PairConfig.{name} must be None or >= 1, got {value}")
+                raise ConfigError(f"PairConfig.{name} must be None or >= 1, got {value}")
         if not self.timeout > 0:
-            raise ValueError(f"PairConfig.timeout must be > 0 s, got {self.timeout}")
+            raise ConfigError(f"PairConfig.timeout must be > 0 s, got {self.timeout}")
         if self.decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {DECODERS}")
+            raise ConfigError(f"unknown decoder {self.decoder!r}; choose one of {DECODERS}")
 
 
 def pair_indices(

@@ -25,6 +25,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from cmpdata.errors import ConfigError
 from cmpdata.records import Dropped, FlowSample, FramePair, check_image
 from cmpdata.records import check_flow as check_flow_array
 
@@ -119,7 +120,7 @@ class FilterConfig:
         )
         for name, value, low, high in checks:
             if value is not None and not low <= value <= high:
-                raise ValueError(f"FilterConfig.{name} must be in [{low}, {high}], got {value}")
+                raise ConfigError(f"FilterConfig.{name} must be in [{low}, {high}], got {value}")
 
     @property
     def crop(self) -> Callable[[np.ndarray, np.ndarray], tuple[int, int, int, int]] | None:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, ClassVar
 
-from cmpdata.errors import CmpDataError, DecodeError, SourceError
+from cmpdata.errors import CmpDataError, ConfigError, DecodeError, SourceError
 from cmpdata.records import Dropped, Source, VideoInfo
 from cmpdata.registry import Registry
 from cmpdata.sources import IMAGE_SUFFIXES, find_sources, natural_key
@@ -220,7 +220,7 @@ def build_layout(name: str, options: Mapping[str, Any]) -> Layout:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
-        raise ValueError(f"layout {name!r} has no option {unknown}; its options: {sorted(fields)}")
+        raise ConfigError(f"layout {name!r} has no option {unknown}; its options: {sorted(fields)}")
     values: dict[str, Any] = {}
     for key, value in options.items():
         default = fields[key].default
@@ -229,7 +229,7 @@ def build_layout(name: str, options: Mapping[str, Any]) -> Layout:
         if not isinstance(value, type(default)) or (
             isinstance(value, tuple) and not all(isinstance(v, str) for v in value)
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"layout {name!r}: option {key} must be like {default!r}, got {value!r}"
             )
         values[key] = value

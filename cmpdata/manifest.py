@@ -40,7 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import CmpDataError, UsageError
 from cmpdata.records import Dropped
 
 MANIFEST = "manifest.json"
@@ -84,7 +84,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CmpDataError(f"{path}: no manifest: not a cmp dataset directory") from None
+        raise UsageError(f"{path}: no manifest: not a cmp dataset directory") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise CmpDataError(f"{path}: unreadable manifest ({exc})") from None
 

@@ -3,8 +3,9 @@
 The plan lists the usable sources in id order and, for each, its frame pairs in frame order;
 that ordered list is the definition of the dataset. Shard ``i`` holds planned samples
 ``[i * shard_size, (i + 1) * shard_size)``. The plan's fingerprint is a hash over the
-ordered sample ids, the configuration and the flow backend's identity: two runs with the
-same fingerprint are meant to produce the same dataset, whatever the number of workers.
+ordered sample ids, the configuration, the flow backend's identity and the shard schema: two
+runs with the same fingerprint are meant to produce the same dataset, whatever the number of
+workers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cmpdata.decode import PairConfig, pair_indices
 from cmpdata.errors import CmpDataError
 from cmpdata.records import Dropped, Source, VideoInfo, make_sample_id
 from cmpdata.seeding import stable_hash
+from cmpdata.shards import SCHEMA_VERSION
 from cmpdata.sources import check_source_size, probe
 
 SPLIT_SALT = "cmp-split"
@@ -77,9 +79,9 @@ def plan_fingerprint(
     samples: Sequence[PlannedSample], config: ExtractConfig, flow_identity: dict[str, Any]
 ) -> str:
     h = hashlib.sha256()
-    h.update(
-        json.dumps({"config": config.to_dict(), "flow": flow_identity}, sort_keys=True).encode()
-    )
+    # The shard schema is part of the definition: a resumed run never mixes two schemas.
+    head = {"config": config.to_dict(), "flow": flow_identity, "schema": SCHEMA_VERSION}
+    h.update(json.dumps(head, sort_keys=True).encode())
     for s in samples:
         h.update(f"{s.sample_id}\t{s.split}\n".encode())
     return h.hexdigest()

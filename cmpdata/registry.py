@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from cmpdata.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -34,7 +36,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             choices = ", ".join(sorted(self._items))
-            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {choices}") from None
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {choices}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

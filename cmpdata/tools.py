@@ -22,17 +22,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cmpdata.dataset import (
-    SHARD_GLOB,
-    ListedShard,
-    ShardDataset,
-    check_listed,
-    list_shards,
-    shard_errors,
-)
-from cmpdata.errors import CmpDataError
+from cmpdata.dataset import SHARD_GLOB, ListedShard, ShardDataset, check_listed, list_shards
+from cmpdata.errors import CmpDataError, UsageError
 from cmpdata.manifest import FAILURES, content_digest, read_failures, read_manifest
-from cmpdata.shards import SPLITS, ShardError, ShardReader, file_sha256
+from cmpdata.shards import SPLITS, ShardError, ShardReader, file_sha256, schema_problem
 from cmpdata.viz import flow_figure, save_png
 
 _PROVENANCE = ("config", "flow_backend", "codec")
@@ -68,21 +61,24 @@ def inspect_dataset(path: str | Path, flow_samples: int = 200, top: int = 10) ->
     readable: list[tuple[ListedShard, dict[str, np.ndarray]]] = []
     for shard in listed:
         try:
-            readable.append((shard, check_listed(shard, ["source_id", "size", "guide_offsets"])))
+            readable.append((shard, check_listed(shard, ["source_id"])))
         except ShardError as exc:
             damaged.append(f"{shard.path.name}: {exc.reason}")
 
-    def joined(name: str) -> np.ndarray:
-        return np.concatenate([cols[name] for _, cols in readable]) if readable else np.zeros(0)
+    def joined(name: str, field: str | None = None) -> np.ndarray:
+        columns = [cols[name] if field is None else cols[name][field] for _, cols in readable]
+        return np.concatenate(columns) if columns else np.zeros(0, np.int64)
 
-    splits = joined("split")
+    splits = joined("meta", "split")
     sources = Counter(joined("source_id").tolist())
-    sizes = Counter(f"{h}x{w}" for h, w in joined("size").reshape(-1, 2).tolist())
-    points = np.concatenate([np.diff(cols["guide_offsets"]) for _, cols in readable] or [[]])
+    sizes = Counter(
+        f"{h}x{w}" for h, w in zip(joined("meta", "height"), joined("meta", "width"), strict=True)
+    )
+    points = joined("meta", "bytes_guidance") // 16  # float32 x, y, dx, dy a point
     num_samples = len(splits)
     on_disk = sum(s.path.stat().st_size for s in listed if s.path.is_file())
 
-    counts = [(shard.path, len(cols["split"])) for shard, cols in readable]
+    counts = [(shard.path, len(cols["meta"])) for shard, cols in readable]
     flow, flow_errors = _flow_statistics(counts, flow_samples)
     provenance = _provenance(manifest, [shard.path for shard, _ in readable])
     dropped = (
@@ -135,8 +131,7 @@ def _flow_statistics(
         with ShardReader(path) as reader:
             for row in rows:
                 try:
-                    with shard_errors(path):
-                        sample = reader.read(int(row))
+                    sample = reader.read(int(row))
                 except ShardError as exc:
                     errors.append(f"{path.name}: {exc.reason}")
                     continue
@@ -170,7 +165,7 @@ def _provenance(manifest: dict[str, Any] | None, shards: list[Path]) -> dict[str
         return {key: manifest.get(key) for key in _PROVENANCE}
     for shard in shards:
         try:
-            with ShardReader(shard) as reader, shard_errors(shard):
+            with ShardReader(shard) as reader:
                 attrs = reader.attrs
         except ShardError:
             continue  # unreadable attributes: take the next shard's
@@ -284,6 +279,9 @@ def verify_dataset(directory: str | Path, progress: bool = True) -> VerifyReport
     except CmpDataError as exc:
         manifest = None
         report.add(None, None, str(exc))
+    if manifest is not None and (problem := schema_problem(manifest.get("schema_version"))):
+        report.add(None, None, problem)  # one line, not one error a sample
+        return report
     present = sorted(directory.glob(SHARD_GLOB))
     if manifest is None:
         entries: list[tuple[Path, dict[str, Any] | None]] = [(p, None) for p in present]
@@ -371,9 +369,10 @@ def _verify_shard(
             return False
     with ShardReader(path) as reader:
         try:
-            with shard_errors(path):
-                n = len(reader)
-                attrs = reader.attrs
+            n = len(reader)
+            attrs = reader.attrs
+            # Every digest recomputed from the stored bytes, the columns read in bulk.
+            _, stored_digests, recomputed = reader.digests()
         except ShardError as exc:
             report.add(name, None, exc.reason)
             return False
@@ -398,10 +397,7 @@ def _verify_shard(
         whole = True
         for i in range(n):
             try:
-                with shard_errors(path):
-                    sample = reader.read(i, check=False)  # the digest is compared below
-                    stored = reader.stored_digest(i)
-                    recomputed = reader.encoded(i).digest()
+                sample = reader.read(i, check=False)  # the digests are compared below
             except ShardError as exc:
                 report.add(name, i, exc.reason)
                 whole = False
@@ -414,11 +410,12 @@ def _verify_shard(
                 report.add(
                     name, i, f"guidance points outside the {h}x{w} image or non-finite vectors"
                 )
-            if recomputed != stored:
+            stored = stored_digests[i]
+            if recomputed[i] != stored:
                 report.add(
                     name,
                     i,
-                    f"{sample.sample_id}: content digest {recomputed} differs from the stored "
+                    f"{sample.sample_id}: content digest {recomputed[i]} differs from the stored "
                     f"{stored}: the sample changed after it was written",
                 )
             if sample.sample_id in seen:
@@ -467,7 +464,7 @@ def show_sample(
     if not 0 <= index < n:
         which = "samples" if split is None else f"{split} samples"
         valid = f"0..{n - 1}" if n else "none"
-        raise CmpDataError(
+        raise UsageError(
             f"{directory_or_shard}: sample index {index} out of range: {n} {which} ({valid})"
         )
     shard, row = dataset.locate(index)

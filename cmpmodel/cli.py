@@ -1,7 +1,10 @@
 """The ``cmpmodel`` command: train, eval, propagate, export-encoder.
 
-Each command parses its arguments and calls one library function. Expected failures (missing
-data, a corrupt checkpoint, a bad option) print one line and exit with status 2.
+Each command parses its arguments and calls one library function. A user's mistake (a bad
+option, a missing or unusable path or checkpoint) prints one line and exits with status 2,
+nothing done; an expected failure during the work (a damaged sample met in training, a failed
+write) prints one line naming the file and exits with status 1. Any other error is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from typing import Any
 
 import yaml
 
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import CmpDataError, ConfigError, UsageError
+from cmpdata.paths import check_output_file
 from cmpmodel import __version__
 from cmpmodel.evaluate import evaluate, format_table
 from cmpmodel.propagate import propagate
 from cmpmodel.train import TrainConfig, export_encoder, train
 
-EXIT_ERROR = 2
 # Command-line options that override a TrainConfig field of the same name when given.
 _TRAIN_OVERRIDES = ("data", "out", "arch", "iters", "batch_size", "lr", "workers", "crop",
                     "loss_stride", "seed")  # fmt: skip
@@ -30,31 +33,32 @@ _TRAIN_OVERRIDES = ("data", "out", "arch", "iters", "batch_size", "lr", "workers
 
 def read_train_config(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` of ``cmpmodel train``: defaults, then the YAML
-    file's keys, then the options given; ``ValueError`` for an unknown key or bad value."""
+    file's keys, then the options given; :class:`ConfigError` for a bad value and
+    :class:`UsageError` for an unreadable file or an unknown key."""
     values: dict[str, Any] = {}
     if args.config is not None:
         path = Path(args.config)
         try:
             loaded = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise CmpDataError(f"{path}: cannot read the configuration ({exc})") from None
+            raise UsageError(f"{path}: cannot read the configuration ({exc})") from None
         if not isinstance(loaded, dict):
-            raise CmpDataError(f"{path}: the configuration must be a mapping of TrainConfig keys")
+            raise UsageError(f"{path}: the configuration must be a mapping of TrainConfig keys")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(loaded) - known)
         if unknown:
-            raise CmpDataError(f"{path}: unknown keys {unknown}; TrainConfig has {sorted(known)}")
+            raise UsageError(f"{path}: unknown keys {unknown}; TrainConfig has {sorted(known)}")
         values.update(loaded)
     values.update({k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k) is not None})
     for flag in ("resume", "skip_damaged"):
         if getattr(args, flag):
             values[flag] = True
     if not values.get("data"):
-        raise CmpDataError("no training data: give --data DIR or 'data' in --config")
+        raise UsageError("no training data: give --data DIR or 'data' in --config")
     try:
         return TrainConfig(**values)
-    except TypeError as exc:
-        raise ValueError(f"bad training configuration: {exc}") from None
+    except TypeError as exc:  # a key of the wrong kind, e.g. a list where a number goes
+        raise ConfigError(f"bad training configuration: {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -64,6 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.json is not None:
+        check_output_file(args.json, (".json",))
     result = evaluate(args.data, args.checkpoint, args.split, args.max_samples, args.guidance_seed)
     print(format_table(result))
     if args.json is not None:
@@ -90,6 +96,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
 
 
 def cmd_export_encoder(args: argparse.Namespace) -> int:
+    check_output_file(args.out)
     keys = export_encoder(args.checkpoint, args.out)
     print(f"{args.out}: {len(keys)} tensors")
     return 0
@@ -151,9 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CmpDataError, ValueError) as exc:
+    except CmpDataError as exc:  # UsageError: 2, nothing done; others: 1
         print(f"cmpmodel: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

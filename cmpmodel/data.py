@@ -37,12 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from cmpdata.errors import ConfigError
 from cmpdata.guidance import GuidanceConfig, GuidanceSampler, build_sampler, rasterize
 from cmpdata.records import Guidance
 from cmpdata.seeding import sample_rng
-from cmpdata.shards import StoredSample
+from cmpdata.shards import ShardError, StoredSample
 
 RGB_MEAN = (123.675, 116.28, 103.53)
 RGB_STD = (58.395, 57.12, 57.375)
@@ -74,16 +75,16 @@ class TrainTransformConfig:
         if isinstance(self.guidance, Mapping):
             object.__setattr__(self, "guidance", GuidanceConfig(**self.guidance))
         if not isinstance(self.guidance, GuidanceConfig):
-            raise ValueError(f"guidance must be a GuidanceConfig, got {type(self.guidance)}")
+            raise ConfigError(f"guidance must be a GuidanceConfig, got {type(self.guidance)}")
         if self.crop < STRIDE or self.crop % STRIDE:
-            raise ValueError(f"crop must be a positive multiple of {STRIDE} px, got {self.crop}")
+            raise ConfigError(f"crop must be a positive multiple of {STRIDE} px, got {self.crop}")
         for name in ("mean", "std"):
             values = tuple(float(v) for v in getattr(self, name))
             if len(values) != 3:
-                raise ValueError(f"{name} must hold 3 values (R, G, B), got {values}")
+                raise ConfigError(f"{name} must hold 3 values (R, G, B), got {values}")
             object.__setattr__(self, name, values)
         if min(self.std) <= 0:
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise ConfigError(f"std must be positive, got {self.std}")
 
 
 def cut_window(
@@ -270,6 +271,38 @@ def eval_inputs(
     return {**inputs, "size": (h, w), "guidance": guidance}
 
 
+@dataclass(frozen=True)
+class DamagedItem:
+    """What the training loader yields instead of a batch holding a sample that could not be
+    read: the shard and the reason. (An error raised in a DataLoader worker reaches the main
+    process only as a traceback text; this record crosses whole.)"""
+
+    path: str
+    reason: str
+
+
+class _Guarded(Dataset):
+    """``dataset`` whose unreadable samples come out as :class:`DamagedItem`."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except ShardError as exc:
+            return DamagedItem(exc.path, exc.reason)
+
+
+def collate(items: Sequence[Any]) -> Any:
+    """torch's default collation, or the first :class:`DamagedItem` among ``items``."""
+    damaged = next((item for item in items if isinstance(item, DamagedItem)), None)
+    return damaged if damaged is not None else default_collate(items)
+
+
 def make_train_loader(
     dataset: Dataset,
     batch_size: int,
@@ -283,7 +316,9 @@ def make_train_loader(
     whose transform is a :class:`TrainTransform`); build one per epoch.
 
     It sets the transform's epoch and shuffles with a permutation seeded by the transform's
-    ``config.seed`` and ``epoch``, so an epoch's batches are the same whatever ``num_workers``.
+    ``config.seed`` and ``epoch``, so an epoch's batches are the same whatever
+    ``num_workers``; a batch holding a sample that cannot be read comes out as a
+    :class:`DamagedItem` naming it.
     With ``distributed``, each process of the initialised ``torch.distributed`` group reads its
     own share (``DistributedSampler``); ``drop_last`` drops the last incomplete batch. Raises
     ``ValueError`` if the dataset's transform is not a :class:`TrainTransform`.
@@ -297,10 +332,11 @@ def make_train_loader(
     sampler = DistributedSampler(dataset, shuffle=True, seed=transform.config.seed, **group)
     sampler.set_epoch(epoch)
     return DataLoader(
-        dataset,
+        _Guarded(dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=pin_memory,
+        collate_fn=collate,
     )

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
 from cmpdata.dataset import ShardDataset
+from cmpdata.errors import ConfigError, UsageError
 from cmpdata.guidance import GuidanceConfig
 from cmpmodel.data import eval_inputs
 from cmpmodel.loss import bins_to_flow
@@ -114,7 +115,7 @@ def evaluate(
     ``ValueError`` for an empty split or a bad ``max_samples``.
     """
     if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples must be None or >= 1, got {max_samples}")
+        raise ConfigError(f"max_samples must be None or >= 1, got {max_samples}")
     model, ckpt = load_model(checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -124,7 +125,7 @@ def evaluate(
     dataset = ShardDataset(data_dirs, split=split)
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
     if count == 0:
-        raise ValueError(f"no {split} samples in {data_dirs}")
+        raise UsageError(f"{', '.join(map(str, data_dirs))}: no {split} samples to evaluate")
     sums = {m: 0.0 for m in METHODS}
     far_sums = {m: 0.0 for m in METHODS}
     num_pixels = num_far = 0

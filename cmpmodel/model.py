@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from cmpdata.errors import ConfigError
 from cmpdata.guidance import GuidanceConfig
 from cmpdata.registry import Registry
 from cmpmodel.loss import FLOW_RANGE, NUM_BINS
@@ -412,11 +413,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         ARCHS.get(self.arch)
         if self.num_bins < 2:
-            raise ValueError(f"num_bins must be at least 2, got {self.num_bins}")
+            raise ConfigError(f"num_bins must be at least 2, got {self.num_bins}")
         if not self.flow_range > 0:
-            raise ValueError(f"flow_range must be positive, got {self.flow_range}")
+            raise ConfigError(f"flow_range must be positive, got {self.flow_range}")
         if self.tiny_width < 1 or self.decoder_width < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"widths must be >= 1, got tiny_width={self.tiny_width}, "
                 f"decoder_width={self.decoder_width}"
             )

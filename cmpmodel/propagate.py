@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import ConfigError, UsageError
+from cmpdata.paths import check_output_file
 from cmpdata.records import Guidance
 from cmpdata.shards import StoredSample
 from cmpdata.viz import flow_figure, save_png
@@ -27,11 +28,11 @@ from cmpmodel.train import load_model
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """The image file ``path`` as uint8 (H, W, 3) RGB; :class:`CmpDataError` naming it if it
+    """The image file ``path`` as uint8 (H, W, 3) RGB; :class:`UsageError` naming it if it
     cannot be read."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise CmpDataError(f"{path}: not a readable image")
+        raise UsageError(f"{path}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -45,18 +46,27 @@ def propagate(
 
     Each guide is ``(x, y, dx, dy)`` in px: a point of the image and its motion. The image is
     normalised as in training and padded to a multiple of 8; the picture goes to
-    ``out_png``. Raises :class:`CmpDataError` for an unreadable image or checkpoint and
-    ``ValueError`` for a guide outside the image or not four numbers.
+    ``out_png``. Raises :class:`~cmpdata.errors.UsageError` for an unreadable image or
+    checkpoint or an unusable ``out_png``, and :class:`~cmpdata.errors.ConfigError` (a
+    ``ValueError``) for a guide outside the image, of non-finite values, or of a motion longer
+    than the image.
     """
-    model, ckpt = load_model(checkpoint)
+    check_output_file(out_png, (".png",))
     image = read_rgb(image_path)
     h, w = image.shape[:2]
     if not guides or any(len(g) != 4 for g in guides):
-        raise ValueError(f"guides must be a non-empty list of (x, y, dx, dy), got {guides!r}")
-    values = np.asarray(guides, dtype=np.float32)
-    xy = np.rint(values[:, :2])
-    if ((xy < 0) | (xy >= [w, h])).any():
-        raise ValueError(f"a guide point lies outside the {w} x {h} image {image_path}")
+        raise ConfigError(f"guides must be a non-empty list of (x, y, dx, dy), got {guides!r}")
+    values = np.asarray(guides, dtype=np.float64)
+    for x, y, dx, dy in values:
+        if not (np.isfinite([x, y, dx, dy]).all() and 0 <= round(x) < w and 0 <= round(y) < h):
+            raise ConfigError(f"guide {x:g},{y:g}: the point lies outside the {w} x {h} image "
+                              f"{image_path}")  # fmt: skip
+        # A motion longer than the image is no motion of anything in it.
+        if not max(abs(dx), abs(dy)) <= max(w, h):
+            raise ConfigError(f"guide {x:g},{y:g}: motion {dx:g},{dy:g} px is longer than the "
+                              f"{w} x {h} image")  # fmt: skip
+    values = values.astype(np.float32)
+    model, ckpt = load_model(checkpoint)
     guidance = Guidance(np.ascontiguousarray(values[:, :2]), np.ascontiguousarray(values[:, 2:]))
     # An unlabelled sample whose stored guidance is the user's: eval_inputs then pads,
     # normalises and rasterises exactly as evaluation does.

@@ -30,6 +30,7 @@ import dataclasses
 import math
 import os
 import pickle
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -46,10 +47,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cmpdata.dataset import ShardDataset
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import ConfigError, FileError, UsageError
+from cmpdata.paths import check_output_dir, stopped_by_failed_write
 from cmpdata.records import Guidance
+from cmpdata.shards import ShardError
 from cmpdata.viz import draw_guidance, flow_to_color, panel, save_png
-from cmpmodel.data import TrainTransform, TrainTransformConfig, make_train_loader
+from cmpmodel.data import DamagedItem, TrainTransform, TrainTransformConfig, make_train_loader
 from cmpmodel.loss import bins_to_flow, cmp_loss
 from cmpmodel.model import (
     ARCHS,
@@ -63,6 +66,11 @@ from cmpmodel.model import (
 )
 
 CHECKPOINT = "checkpoint.pt"
+# What training stopped by a damaged shard or sample says to do next.
+_DAMAGED = "check the data with cmpdata verify, or train with --skip-damaged to leave it out"
+# What a run stopped by a failed write (disk full) says to do next.
+_RESUME = "the last checkpoint written is kept: free space and rerun with --resume to go on"
+_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL (\S+)")
 LOG = "log.csv"
 PICTURES = "pictures"
 PAPER_LR = 0.1  # the paper's learning rate ...
@@ -70,13 +78,8 @@ PAPER_BATCH = 160  # ... for this total batch (10 per GPU on 16 GPUs)
 LOG_COLUMNS = ("step", "epoch", "loss", "lr", "samples_per_s")
 
 
-class CheckpointError(CmpDataError):
+class CheckpointError(FileError, UsageError):
     """A checkpoint is missing, unreadable, or does not fit the model or run it is loaded into."""
-
-    def __init__(self, path: object, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass
@@ -121,16 +124,16 @@ class TrainConfig:
         ARCHS.get(self.arch)
         for name in ("iters", "batch_size", "log_every", "ckpt_every", "loss_stride"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_iters", "workers", "picture_every"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
+            raise ConfigError(f"grad_clip must be positive, got {self.grad_clip}")
         if not all(0 < f <= 1 for f in self.lr_steps):
-            raise ValueError(f"lr_steps must be fractions in (0, 1], got {self.lr_steps}")
+            raise ConfigError(f"lr_steps must be fractions in (0, 1], got {self.lr_steps}")
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -210,8 +213,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, f"not a readable checkpoint ({reason})") from None
+        # torch's message on a file holding other objects goes on to explain how to load it
+        # unsafely: that is not advice to pass on.
+        if found := _UNSUPPORTED.search(str(exc)):
+            reason = f"it holds objects other than tensors and plain values ({found.group(1)})"
+            raise CheckpointError(path, f"not loaded: {reason}; not a cmpmodel checkpoint"
+                                  ) from None  # fmt: skip
+        reason = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(path, f"not a readable checkpoint ({reason[:200]})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(path, f"not a checkpoint (holds a {type(checkpoint).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
@@ -327,6 +336,7 @@ def skip_batches(loader: DataLoader, count: int) -> DataLoader:
         num_workers=loader.num_workers,
         drop_last=loader.drop_last,
         pin_memory=loader.pin_memory,
+        collate_fn=loader.collate_fn,
     )
 
 
@@ -439,6 +449,8 @@ def batches(
             pin_memory=ctx.device.type == "cuda",
         )
         for index, batch in enumerate(skip_batches(loader, position), start=position + 1):
+            if isinstance(batch, DamagedItem):
+                raise ShardError(batch.path, f"{batch.reason}; {_DAMAGED}")
             yield epoch, index, batch
         epoch, position = epoch + 1, 0
 
@@ -447,16 +459,19 @@ def build_dataset(config: TrainConfig, ctx: Distributed) -> ShardDataset:
     """The training split of ``config.data`` with the training transform; raises
     :class:`CmpDataError` when there is no data or too little for one batch per process."""
     if not config.data:
-        raise CmpDataError("no training data: give at least one dataset directory")
-    dataset = ShardDataset(
-        config.data,
-        split="train",
-        transform=TrainTransform(config.transform_config()),
-        skip_damaged=config.skip_damaged,
-    )
+        raise UsageError("no training data: give at least one dataset directory")
+    try:
+        dataset = ShardDataset(
+            config.data,
+            split="train",
+            transform=TrainTransform(config.transform_config()),
+            skip_damaged=config.skip_damaged,
+        )
+    except ShardError as exc:
+        raise ShardError(exc.path, f"{exc.reason}; {_DAMAGED}") from None
     needed = config.batch_size * ctx.world_size
     if len(dataset) < needed:
-        raise CmpDataError(
+        raise UsageError(
             f"{', '.join(config.data)}: {len(dataset)} training samples, fewer than one batch "
             f"({config.batch_size} x {ctx.world_size} processes)"
         )
@@ -481,7 +496,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
-    out = Path(config.out)
+    out = check_output_dir(config.out)
     ckpt_path = out / CHECKPOINT
     dataset = build_dataset(config, ctx)
     torch.manual_seed(config.seed)  # the same initial weights in every process
@@ -543,14 +558,16 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
             "model_config": plain(model_config),
             "transform_config": plain(config.transform_config()),
         }
-        save_atomic(state, ckpt_path)
-        if config.keep_checkpoints:
-            save_atomic(state, out / f"checkpoint-{step:07d}.pt")
+        with stopped_by_failed_write(ckpt_path, _RESUME):
+            save_atomic(state, ckpt_path)
+            if config.keep_checkpoints:
+                save_atomic(state, out / f"checkpoint-{step:07d}.pt")
 
     log = None
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        log = RunLog(out, resume_step=step if config.resume else None)
+        with stopped_by_failed_write(out, _RESUME):
+            out.mkdir(parents=True, exist_ok=True)
+            log = RunLog(out, resume_step=step if config.resume else None)
     total_batch = config.batch_size * ctx.world_size
     progress = tqdm(
         total=config.iters, initial=step, disable=not ctx.is_main, unit="it", dynamic_ncols=True
@@ -586,11 +603,13 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
                 samples_per_s = (step - tick_step) * total_batch / max(now - tick, 1e-9)
                 tick, tick_step = now, step
                 if log is not None:
-                    log.write(step, epoch, last_loss, lr, samples_per_s)
+                    with stopped_by_failed_write(out / LOG, _RESUME):
+                        log.write(step, epoch, last_loss, lr, samples_per_s)
                 progress.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{samples_per_s:.1f}")
             if ctx.is_main and config.picture_every and step % config.picture_every == 0:
                 picture = training_picture(inputs, logits, config)
-                save_png(out / PICTURES / f"step-{step:07d}.png", picture)
+                with stopped_by_failed_write(out / PICTURES, _RESUME):
+                    save_png(out / PICTURES / f"step-{step:07d}.png", picture)
             if ctx.is_main and (step % config.ckpt_every == 0 or step == config.iters):
                 save(step, epoch, position)
     finally:

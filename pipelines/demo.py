@@ -33,7 +33,7 @@ from cmpdata.config import ExtractConfig
 from cmpdata.dataset import ShardDataset
 from cmpdata.decode import PairConfig
 from cmpdata.demo import run_stage_demo
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import CmpDataError, ConfigError
 from cmpdata.shards import StoredSample
 from cmpdata.tools import format_verify, show_sample, verify_dataset
 from cmpdata.viz import save_png
@@ -69,7 +69,7 @@ class DemoSettings:
 
     def __post_init__(self) -> None:
         if self.clips < 2:
-            raise ValueError(f"the demo needs at least 2 clips (one held out), got {self.clips}")
+            raise ConfigError(f"the demo needs at least 2 clips (one held out), got {self.clips}")
 
 
 PROFILES: dict[str, DemoSettings] = {

@@ -31,6 +31,9 @@ import json
 import logging
 import os
 import pickle
+import socket
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -44,7 +47,7 @@ from tqdm import tqdm
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
 from cmpdata.decode import iter_pairs
-from cmpdata.errors import CmpDataError, RunStopped
+from cmpdata.errors import CmpDataError, ConfigError, UsageError
 from cmpdata.filters import check_frames
 from cmpdata.flow import FlowBackend, build_flow
 from cmpdata.guidance import GuidanceSampler, build_sampler
@@ -57,10 +60,19 @@ from cmpdata.manifest import (
     write_failures,
     write_json_atomic,
 )
+from cmpdata.paths import check_output_dir, stopped_by_failed_write
 from cmpdata.plan import Plan, plan_dataset, split_of
 from cmpdata.process import compute_flows, finish_sample
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.shards import SCHEMA_VERSION, EncodedSample, encode_sample, shard_name, write_shard
+from cmpdata.shards import (
+    SCHEMA_VERSION,
+    EncodedSample,
+    check_written,
+    encode_sample,
+    schema_problem,
+    shard_name,
+    write_shard,
+)
 from cmpdata.sources import find_sources
 
 LOCK = ".lock"
@@ -86,6 +98,17 @@ class RunSettings:
     overwrite: bool = False  # replace a dataset made with other options
     flow_weights: str | None = None  # RAFT weights file
     progress: bool = True  # progress bar on stderr
+    connect_timeout: float = 20.0  # seconds to wait for a cluster at ``address`` to answer
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1 (or unset: every CPU), got {self.workers}")
+        if self.num_gpus < 0:
+            raise ConfigError(f"num_gpus must be >= 0, got {self.num_gpus}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.connect_timeout > 0:
+            raise ConfigError(f"connect_timeout must be > 0 s, got {self.connect_timeout}")
 
 
 @dataclass(frozen=True)
@@ -266,7 +289,7 @@ def locked(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CmpDataError(
+            raise UsageError(
                 f"{out}: another cmpdata extract is writing to this directory; "
                 "wait for it to finish or choose another --out"
             ) from None
@@ -280,30 +303,25 @@ def prepare_output(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CmpDataError(f"{out}: cannot create the output directory ({exc.strerror})") from None
+        raise UsageError(f"{out}: cannot create the output directory ({exc.strerror})") from None
     probe = out / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"ok")
     except OSError as exc:
         with contextlib.suppress(OSError):  # created, then the disk was full
             probe.unlink()
-        raise CmpDataError(f"{out}: output directory is not writable ({exc.strerror})") from None
+        raise UsageError(f"{out}: output directory is not writable ({exc.strerror})") from None
     probe.unlink()
 
 
-@contextlib.contextmanager
-def write_errors(path: Path) -> Iterator[None]:
-    """Turn a failed write of ``path`` inside the block (disk full, file-size limit, I/O error)
-    into a :class:`RunStopped` that says how to finish the dataset. The atomic writers leave
-    no partial file behind."""
-    try:
-        yield
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise RunStopped(
-            f"{path}: cannot write ({reason}); the shards already written are kept: free space "
-            "(or raise the file-size limit) and rerun the same command to finish the dataset"
-        ) from exc
+# What a run stopped by a failed write (disk full) says to do next.
+_FINISH = ("the shards already written are kept: free space (or raise the file-size limit) "
+           "and rerun the same command to finish the dataset")  # fmt: skip
+
+
+def write_errors(path: Path) -> contextlib.AbstractContextManager[None]:
+    """:func:`cmpdata.paths.write_errors` with the advice of an extraction."""
+    return stopped_by_failed_write(path, _FINISH)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -357,7 +375,7 @@ def check_existing(out: Path, plan: Plan, overwrite: bool) -> None:
     """Refuse to mix two different datasets in one directory (unless ``overwrite``)."""
     if not (out / MANIFEST).exists():
         if any(out.glob("shard-*.h5")) and not overwrite:
-            raise CmpDataError(
+            raise UsageError(
                 f"{out}: holds shards but no manifest; use --overwrite to replace them"
             )
         if overwrite:
@@ -369,6 +387,8 @@ def check_existing(out: Path, plan: Plan, overwrite: bool) -> None:
     if overwrite:
         _clear(out)
         return
+    if problem := schema_problem(old.get("schema_version")):
+        raise UsageError(f"{out}: holds a dataset {problem}")
     lines = differences(
         {"config": old.get("config"), "flow_backend": old.get("flow_backend")},
         {"config": plan.config.to_dict(), "flow_backend": plan.flow_identity},
@@ -376,7 +396,7 @@ def check_existing(out: Path, plan: Plan, overwrite: bool) -> None:
     if not lines:
         lines = [f"the planned samples differ: {old.get('num_planned')} -> {len(plan.samples)} "
                  "(other input videos, or their frame counts changed)"]  # fmt: skip
-    raise CmpDataError(
+    raise UsageError(
         f"{out} holds a dataset made with other options; use --overwrite to replace it, "
         "or another --out. Differences:\n  " + "\n  ".join(lines)
     )
@@ -398,8 +418,50 @@ def work_items(plan: Plan, shards: Sequence[int], workers: int) -> list[WorkItem
     return items
 
 
-def ensure_ray(address: str | None, workers: int | None) -> None:
-    """Join the cluster at ``address``, or start a local Ray sized to this machine."""
+# Joins the cluster in a child process, so that an address where no Ray answers (Ray itself
+# retries without end) costs at most the time limit, then reports the cluster's resources.
+_JOIN_CHILD = (
+    "import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False, "
+    "logging_level='ERROR'); print(json.dumps(ray.cluster_resources()))"
+)
+
+
+def cluster_resources(address: str, timeout: float) -> dict[str, float]:
+    """The resources of the Ray cluster at ``address`` (``auto``, ``HOST:PORT`` or
+    ``ray://HOST:PORT``), asked from a child process; :class:`UsageError` when nothing answers
+    there within ``timeout`` seconds or Ray refuses to join it."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address != "auto":
+        if not host or not port.isdigit():
+            raise UsageError(f"--address {address!r}: expected auto or HOST:PORT")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UsageError(f"--address {address}: nothing answers there ({reason})") from None
+    env = {**os.environ, "RAY_BACKEND_LOG_LEVEL": "fatal"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _JOIN_CHILD, address],
+            env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise UsageError(
+            f"--address {address}: no Ray cluster answered within {timeout:g} s "
+            "(is it the cluster's GCS address, e.g. HOST:6379?)"
+        ) from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        reason = lines[-1][:300] if lines else f"exit code {done.returncode}"
+        raise UsageError(f"--address {address}: cannot join the Ray cluster ({reason})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ensure_ray(address: str | None, workers: int | None, connect_timeout: float = 20.0) -> None:
+    """Join the cluster at ``address``, or start a local Ray sized to this machine.
+
+    Raises :class:`UsageError` when ``address`` does not answer within ``connect_timeout``.
+    """
     import ray
 
     if ray.is_initialized():
@@ -407,11 +469,23 @@ def ensure_ray(address: str | None, workers: int | None) -> None:
     # Ray's C++ core logs recoverable conditions to stderr, which would bury our messages.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if address:
+        cluster_resources(address, connect_timeout)
         ray.init(address=address, log_to_driver=False)
     else:
         # "local": always a new Ray of our own, never one that happens to run on this machine.
         ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR")  # fmt: skip
+
+
+def check_resources(run: RunSettings) -> None:
+    """Start (or join) Ray and refuse, before any work, more GPUs than the cluster has."""
+    import ray
+
+    ensure_ray(run.address, run.workers, run.connect_timeout)
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if run.num_gpus > have:
+        where = f"the Ray cluster at {run.address}" if run.address else "this machine"
+        raise UsageError(f"--num-gpus {run.num_gpus}: {where} has {have:g} GPUs")
 
 
 def _flow_options(config: ExtractConfig, run: RunSettings) -> dict[str, Any]:
@@ -420,7 +494,7 @@ def _flow_options(config: ExtractConfig, run: RunSettings) -> dict[str, Any]:
         options.update(weights=run.flow_weights, batch_size=run.batch_size,
                        device="cuda" if run.num_gpus else "cpu")  # fmt: skip
     elif run.flow_weights:
-        raise CmpDataError(f"--flow-weights applies to RAFT only, not to {config.flow!r}")
+        raise UsageError(f"--flow-weights applies to RAFT only, not to {config.flow!r}")
     return options
 
 
@@ -438,7 +512,7 @@ def run_pipeline(plan: Plan, shards: Sequence[int], run: RunSettings,
     import ray
     import ray.data
 
-    ensure_ray(run.address, run.workers)
+    ensure_ray(run.address, run.workers, run.connect_timeout)
     # Ray Data reports each execution at INFO on stderr; our progress bar and summary say it.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
@@ -496,9 +570,14 @@ class ShardCollector:
         path = self.out / shard_name(index)
         with write_errors(path):
             info = write_shard(path, samples, {**self.attrs, "shard_index": index})
+        # Read back from disk before the done marker: a shard that does not read back as
+        # written is never counted as finished (a rerun writes it again).
+        check_written(path, info, [s.sample_id for s in samples])
+        with write_errors(path):
             write_json_atomic(_stats_path(self.out, index), {
-                "fingerprint": self.plan.fingerprint, **asdict(info), "index": index,
-                "samples": [[s.sample_id, s.digest(), s.split] for s in samples],
+                "fingerprint": self.plan.fingerprint, **info.record(), "index": index,
+                "samples": [[s.sample_id, d, s.split] for s, d in zip(samples, info.digests,
+                                                                      strict=True)],
                 "dropped": [asdict(r) for r in records if isinstance(r, Dropped)],
             })  # fmt: skip
 
@@ -559,21 +638,30 @@ def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
     and when a write fails during the run (disk full): the shards written are kept, and
     rerunning finishes the dataset.
     """
+    start = time.monotonic()
     out = Path(out)
-    prepare_output(out)
-    with locked(out):
-        _remove(out, TEMPORARY)
-        start = time.monotonic()
-        options = _flow_options(config, run)
-        identity = flow_identity(config, run)
+    # Everything a user can get wrong is checked before anything is created in ``out``.
+    check_output_dir(out)
+    sources = find_sources(inputs) if plan is None else []
+    options = _flow_options(config, run)
+    identity = flow_identity(config, run)
+    with contextlib.ExitStack() as held:
+        if out.exists():  # a second run refuses at once, before it plans
+            held.enter_context(locked(out))
+        if run.address or run.num_gpus:
+            check_resources(run)
         if plan is None:
-            plan = plan_dataset(find_sources(inputs), config, identity, progress=run.progress)
+            plan = plan_dataset(sources, config, identity, progress=run.progress)
         elif plan.config != config or plan.flow_identity != identity:
-            raise CmpDataError("the plan given was made with another configuration or flow backend")
+            raise UsageError("the plan given was made with another configuration or flow backend")
         if not plan.samples:
             reasons = "; ".join(d.reason for d in plan.skipped[:5])
             found = len(plan.sources) + len(plan.skipped)
-            raise CmpDataError(f"no frame pairs to extract from {found} sources: {reasons}")
+            raise UsageError(f"no frame pairs to extract from {found} sources: {reasons}")
+        if not out.exists():
+            prepare_output(out)
+            held.enter_context(locked(out))
+        _remove(out, TEMPORARY)
         check_existing(out, plan, run.overwrite)
         attrs = {"config": {**plan.config.to_dict(), "inputs": list(inputs)},
                  "flow_backend": identity, "codec": config.codec.params()}  # fmt: skip

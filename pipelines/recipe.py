@@ -41,7 +41,7 @@ import yaml
 from cmpdata.codec import FlowCodec
 from cmpdata.config import ExtractConfig
 from cmpdata.decode import PairConfig, pair_indices
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import ConfigError, UsageError
 from cmpdata.filters import FilterConfig
 from cmpdata.guidance import GuidanceConfig
 from cmpdata.layouts import LAYOUTS, Layout, Scan, build_layout, choose_layout
@@ -101,13 +101,13 @@ class Recipe:
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise CmpDataError(f"{where} must be a mapping, got {value!r}")
+        raise UsageError(f"{where} must be a mapping, got {value!r}")
     return value
 
 
 def _count(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CmpDataError(f"{where} must be a whole number >= 1, got {value!r}")
+        raise UsageError(f"{where} must be a whole number >= 1, got {value!r}")
     return value
 
 
@@ -115,7 +115,7 @@ def _extract_config(data: dict[str, Any], where: str) -> ExtractConfig:
     """An ExtractConfig from a mapping shaped like a manifest's ``config``."""
     per_dataset = {"stride", "max_pairs_per_video"} & set(_mapping(data.get("pairs", {}), where))
     if per_dataset:
-        raise CmpDataError(
+        raise UsageError(
             f"{where}.pairs: {sorted(per_dataset)} are not processing settings in a recipe: "
             "each dataset has a stride, and its target sets the count"
         )
@@ -128,7 +128,7 @@ def _dataset(name: str, data: Any, where: str) -> DatasetSpec:
     data = _mapping(data, where)
     for key in ("layout", "target"):
         if key not in data:
-            raise CmpDataError(f"{where}: missing key {key!r}")
+            raise UsageError(f"{where}: missing key {key!r}")
     names = data["layout"] if isinstance(data["layout"], list) else [data["layout"]]
     options = {k: v for k, v in data.items() if k not in _DATASET_KEYS}
     layouts = []
@@ -137,7 +137,7 @@ def _dataset(name: str, data: Any, where: str) -> DatasetSpec:
         layouts.append(build_layout(layout, accepted))
     unused = sorted(set(options) - {k for lay in names for k in _layout_fields(lay)})
     if unused:
-        raise CmpDataError(f"{where}: unknown keys {unused}; a dataset has layout, target, "
+        raise UsageError(f"{where}: unknown keys {unused}; a dataset has layout, target, "
                            "stride and its layout's options")  # fmt: skip
     stride = _count(data.get("stride", 10), f"{where}.stride")
     return DatasetSpec(name, tuple(layouts), _count(data["target"], f"{where}.target"), stride)
@@ -158,19 +158,19 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
             choices = ", ".join(r.name for r in list_recipes())
-            raise CmpDataError(f"unknown recipe {name_or_path!r}; choose one of: {choices}, "
+            raise UsageError(f"unknown recipe {name_or_path!r}; choose one of: {choices}, "
                                "or give the path of a recipe file (.yaml)")  # fmt: skip
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise CmpDataError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+        raise UsageError(f"{path}: cannot read the recipe ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise CmpDataError(f"{path}: not valid YAML ({exc})") from None
+        raise UsageError(f"{path}: not valid YAML ({exc})") from None
     where = str(path)
     data = _mapping(data, where)
     unknown = sorted(set(data) - {"name", "description", "notes", "processing", "datasets"})
     if unknown or "datasets" not in data:
-        raise CmpDataError(f"{where}: unknown keys {unknown} or no 'datasets'; a recipe has "
+        raise UsageError(f"{where}: unknown keys {unknown} or no 'datasets'; a recipe has "
                            "name, description, notes, processing, datasets")  # fmt: skip
     try:
         config = _extract_config(_mapping(data.get("processing", {}), f"{where}: processing"),
@@ -178,9 +178,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         entries = _mapping(data["datasets"], f"{where}: datasets")
         datasets = tuple(_dataset(str(k), v, f"{where}: datasets.{k}") for k, v in entries.items())
     except (TypeError, ValueError) as exc:  # unknown fields, values out of range
-        raise CmpDataError(f"{where}: {exc}") from None
+        raise UsageError(f"{where}: {exc}") from None
     if not datasets:
-        raise CmpDataError(f"{where}: no datasets")
+        raise UsageError(f"{where}: no datasets")
     notes = data.get("notes") or []
     notes = [notes] if isinstance(notes, str) else notes
     return Recipe(str(data.get("name", path.stem)), str(data.get("description", "")).strip(),
@@ -363,13 +363,13 @@ def plan_recipe(recipe: Recipe, roots: Mapping[str, str | Path], identity: dict[
     names = [d.name for d in recipe.datasets]
     unknown = sorted(set(roots) - set(names))
     if unknown:
-        raise CmpDataError(f"recipe {recipe.name} has no dataset {unknown}; its datasets: {names}")
+        raise UsageError(f"recipe {recipe.name} has no dataset {unknown}; its datasets: {names}")
     for spec in recipe.datasets:
         if spec.name not in roots:
-            raise CmpDataError(f"recipe {recipe.name} needs --root {spec.name}=PATH: the folder "
+            raise UsageError(f"recipe {recipe.name} needs --root {spec.name}=PATH: the folder "
                                f"holding {spec.describe()}")  # fmt: skip
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
     targets = scaled_targets(recipe, limit)
     gap = recipe.config.pairs.gap
     rows: list[DatasetPlan] = []
@@ -464,8 +464,8 @@ def parse_roots(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--root {item!r}: expected NAME=PATH, e.g. yfcc=/data/yfcc")
+            raise ConfigError(f"--root {item!r}: expected NAME=PATH, e.g. yfcc=/data/yfcc")
         if name in roots:
-            raise ValueError(f"--root {name} is given twice")
+            raise ConfigError(f"--root {name} is given twice")
         roots[name] = path
     return roots

@@ -26,7 +26,14 @@ from cmpdata.guidance import GuidanceConfig, build_sampler
 from cmpdata.manifest import MANIFEST, content_digest, write_json_atomic
 from cmpdata.process import guide
 from cmpdata.records import FlowSample, FramePair
-from cmpdata.shards import EncodedSample, ShardError, StoredSample, encode_sample, write_shard
+from cmpdata.shards import (
+    SCHEMA_VERSION,
+    EncodedSample,
+    ShardError,
+    StoredSample,
+    encode_sample,
+    write_shard,
+)
 from cmpdata.shards import shard_name as name_of
 from cmpdata.synth import SynthConfig, SyntheticClip
 
@@ -56,19 +63,11 @@ def make_dataset(root: Path, shard_sizes: tuple[int, ...] = (3, 2)) -> list[Enco
             batch.append(encode_sample(guided, "val" if t0 % 2 else "train", codec))
             t0 += 1
         info = write_shard(root / name_of(index), batch, {**attrs, "shard_index": index})
-        shards.append(
-            {
-                "name": info.name,
-                "index": index,
-                "num_samples": info.num_samples,
-                "sha256": info.sha256,
-                "bytes": info.bytes,
-            }
-        )
+        shards.append({**info.record(), "index": index})
         written += batch
     splits = Counter(s.split for s in written)
     manifest = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "complete": True,
         "creator": "cmp test",
         **attrs,
@@ -224,14 +223,14 @@ def test_damaged_shard_raises_or_is_skipped(dataset_dir, damage, with_manifest):
     if damage == "truncate":
         truncate(shard)
     else:
-        drop_dataset(shard, "guide_offsets")
+        drop_dataset(shard, "data_offsets")
     if not with_manifest:
         (dataset_dir / MANIFEST).unlink()
     with pytest.raises(ShardError, match=r"shard-00000\.h5") as info:
         ShardDataset(dataset_dir, split=None)
     assert info.value.path == str(shard)
     if damage == "drop_dataset" and not with_manifest:
-        assert "guide_offsets" in info.value.reason
+        assert "data_offsets" in info.value.reason
     with pytest.warns(UserWarning, match=r"shard-00000\.h5"):
         dataset = ShardDataset(dataset_dir, split=None, skip_damaged=True)
     assert len(dataset) == 2

@@ -6,7 +6,7 @@ duplicated or corrupt, and the toolkit says what happened.
 
 A run that must die at a precise moment, or hit a full disk, runs in a subprocess that
 patches itself before calling the library (:data:`FAULTY`): it replaces ``os.replace``,
-``h5py``'s ``create_dataset`` or ``torch.save`` by a version that SIGKILLs the process at the
+``os.fsync`` or ``torch.save`` by a version that SIGKILLs the process at the
 n-th call, so the library carries no test hook. In those subprocesses the Ray stages are
 replayed: ``run_pipeline`` yields the records the clean run's pipeline produced (recorded by
 the ``clean`` fixture), so that a killed run costs a process start rather than a Ray job;
@@ -62,10 +62,11 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 # The start of every subprocess script: ``apply(spec)`` patches the process as ``spec`` asks:
-# "kill": {"call": "replace" | "create_dataset" | "torch.save", "name": the file name, dataset
-# name or "torch.save", "when": "before" | "after", "nth": n} SIGKILLs it at the n-th matching
-# call (torch.save writes half the file first); "replay": a pickle of (shard, record) makes
-# run_pipeline yield those records; "wait_for": a path the replay waits for before its first.
+# "kill": {"call": "replace" | "fsync" | "torch.save", "name": the file name (a temporary
+# file by its final name) or "torch.save", "when": "before" | "after", "nth": n} SIGKILLs it
+# at the n-th matching call (torch.save writes half the file first); "replay": a pickle of
+# (shard, record) makes run_pipeline yield those records; "wait_for": a path the replay waits
+# for before its first.
 FAULTY = """
 import io, json, os, pickle, signal, sys, time
 from pathlib import Path
@@ -91,14 +92,15 @@ def apply(spec):
             if hit:
                 die()
         os.replace = replace
-    if moment and moment["call"] == "create_dataset":
-        import h5py
-        real_create = h5py.Group.create_dataset
-        def create_dataset(self, name, *args, **kwargs):
-            if matches(name):
+    if moment and moment["call"] == "fsync":
+        real_fsync = os.fsync
+        def fsync(fd):
+            # A temporary file ".<name>.tmp-<pid>" is matched by the name it will be given.
+            name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+            if matches(name[1:].split(".tmp-")[0] if ".tmp-" in name else name):
                 die()
-            return real_create(self, name, *args, **kwargs)
-        h5py.Group.create_dataset = create_dataset
+            real_fsync(fd)
+        os.fsync = fsync
     if moment and moment["call"] == "torch.save":
         import torch
         real_save = torch.save
@@ -344,8 +346,8 @@ def test_a_node_removed_mid_run_gives_the_same_dataset(synth_clips, clean, tmp_p
 MOMENTS = {
     # After the first manifest (complete: false), before any work.
     "early": {"call": "replace", "name": "manifest.json", "when": "after", "nth": 1},
-    # Half-way through writing a shard's temporary HDF5 file (the first shard to complete).
-    "mid-shard": {"call": "create_dataset", "name": "flow", "when": "before", "nth": 1},
+    # A shard's temporary file written, not yet synced to disk (the first shard to complete).
+    "mid-shard": {"call": "fsync", "name": "shard-00000.h5", "when": "before", "nth": 1},
     # A shard renamed into place, its done marker not yet written.
     "shard-renamed": {"call": "replace", "name": "shard-00000.h5", "when": "after", "nth": 1},
     # The done marker's temporary file written, not yet renamed.
@@ -438,7 +440,7 @@ def run_script(script: str, *args: str, namespace: bool = False) -> dict:
 
 
 # Runs `cmpdata extract` (argv[3]) twice: first with the disk nearly full (argv[1]: "tmpfs":
-# `--out` on a 96 KB tmpfs; "fsize": a 40 KB file-size limit), then with room again; prints
+# `--out` on a 96 KB tmpfs; "fsize": a 30 KB file-size limit), then with room again; prints
 # what each run said and left.
 DISK_FULL = (
     FAULTY
@@ -455,7 +457,7 @@ if mode == "tmpfs":
     out.parent.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(out.parent)], check=True)
 else:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, limit[1]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, limit[1]))
 
 def run():
     err = io.StringIO()
@@ -528,8 +530,8 @@ def test_read_only_output_is_refused_before_any_work(synth_clips, tmp_path):
     argv = ["extract", "--videos", videos(synth_clips)[0], "--quiet"]
     read_only, uncreatable = run_script(READ_ONLY, str(root), json.dumps(argv), namespace=True)
     for (code, err), words in [
-        (read_only, f"{root}: output directory is not writable"),
-        (uncreatable, f"{root}/ds: cannot create the output"),
+        (read_only, f"{root}: not writable"),
+        (uncreatable, f"{root}/ds: cannot be created: {root} is not writable"),
     ]:
         assert code == 2 and err.count("\n") == 1, err
         assert words in err and "Read-only file system" in err
@@ -680,31 +682,16 @@ def test_peak_memory_does_not_grow_with_the_input(
 
 
 def blob_offsets(shard: Path) -> list[tuple[int, int]]:
-    """``(offset, length)`` in the file of each sample's stored bytes: the fixed-size columns'
-    raw data and each sample's JPEG and coded flow, where a flip damages content, not HDF5's
-    own structures (a flip there can hang or crash the HDF5 library: only a checksum read
-    before opening, as ``verify`` and ``skip_damaged`` do, is safe from those)."""
-    data = shard.read_bytes()
+    """``(offset, length)`` in the file of the samples' stored bytes: the raw data of the
+    ``meta`` records, the ``data`` offsets and the ``data`` array (every sample's parts),
+    where a flip damages content, not HDF5's own structures (a flip there can hang or crash
+    the HDF5 library: only a checksum read before opening, as ``verify`` and
+    ``skip_damaged`` do, is safe from those)."""
     with h5py.File(shard) as f:
-        spans = [
+        return [
             (f[name].id.get_offset(), f[name].id.get_storage_size())
-            for name in (
-                "frames",
-                "split",
-                "guide_seed",
-                "size",
-                "crop",
-                "scale",
-                "guide_offsets",
-                "guide_points",
-                "guide_vectors",
-            )
+            for name in ("meta", "data_offsets", "data")
         ]
-    with ShardReader(shard) as reader:
-        for i in range(len(reader)):
-            sample = reader.encoded(i)
-            spans += [(data.index(blob), len(blob)) for blob in (sample.image, sample.flow)]
-    return spans
 
 
 def flip(path: Path, at: int) -> None:
@@ -743,7 +730,7 @@ def test_damaged_shards_are_named_and_skipped_unopened(clean, tmp_path, monkeypa
     out = Path(shutil.copytree(clean, tmp_path / "ds"))
     truncate(out / "shard-00000.h5")
     flip(out / "shard-00001.h5", blob_offsets(out / "shard-00001.h5")[-1][0] + 100)
-    drop_dataset(out / "shard-00002.h5", "flow")
+    drop_dataset(out / "shard-00002.h5", "data")
     report = verify_dataset(out, progress=False)
     assert sorted({p.shard for p in report.problems}) == [f"shard-0000{i}.h5" for i in range(3)]
     proc = subprocess.run(
@@ -791,8 +778,10 @@ def test_training_skips_damaged_shards_when_told_and_says_so(tmp_path, capsys):
     )
     argv = ["train", "--data", str(data), "--config", str(config)]
     capsys.readouterr()
-    assert cmpmodel_main([*argv, "--out", str(tmp_path / "refused")]) == 2
-    assert "shard-00000.h5" in capsys.readouterr().err
+    # Damaged data: exit 1, one line naming the shard and what to do.
+    assert cmpmodel_main([*argv, "--out", str(tmp_path / "refused")]) == 1
+    err = capsys.readouterr().err
+    assert "shard-00000.h5" in err and "--skip-damaged" in err and err.count("\n") == 1
     with pytest.warns(UserWarning, match="skipping damaged shard") as warned:
         code = cmpmodel_main([*argv, "--out", str(tmp_path / "run"), "--skip-damaged"])
     assert code == 0

@@ -15,7 +15,7 @@ import pytest
 from cmpdata.config import ExtractConfig
 from cmpdata.dataset import ShardDataset
 from cmpdata.decode import PairConfig
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import CmpDataError, UsageError
 from cmpdata.manifest import read_failures, read_manifest
 from cmpdata.tools import verify_dataset
 from pipelines.extract import RunSettings, extract, locked
@@ -132,8 +132,11 @@ def test_a_second_run_on_the_same_directory_refuses(synth_clips: Path, tmp_path)
 def test_unusable_output_directory_is_refused_before_work(synth_clips: Path, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(CmpDataError, match="cannot create the output directory"):
+    with pytest.raises(UsageError, match=r"ds: cannot be created: .*file is not a directory"):
         extract(videos(synth_clips), blocker / "ds", CONFIG, QUIET)
+    with pytest.raises(UsageError, match=r"exists and is not a directory"):
+        extract(videos(synth_clips), blocker, CONFIG, QUIET)
+    assert blocker.read_text() == "x"
 
 
 def test_work_items_keep_long_videos_whole_but_feed_every_worker():

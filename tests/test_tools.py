@@ -11,12 +11,13 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from shardedit import tamper
 from test_dataset import drop_dataset, edit_manifest, make_dataset, truncate
 
-from cmpdata.dataset import ShardDataset, shard_errors
+from cmpdata.dataset import ShardDataset
 from cmpdata.errors import CmpDataError
 from cmpdata.manifest import MANIFEST
-from cmpdata.shards import ShardError, ShardReader, file_sha256
+from cmpdata.shards import ShardError, ShardReader, file_sha256, h5_errors
 from cmpdata.tools import (
     content_digest,
     format_inspect,
@@ -108,7 +109,9 @@ def test_sample_count_mismatch(dataset_dir):
 def test_changed_sample_is_caught_by_its_digest(built, dataset_dir):
     shard = dataset_dir / "shard-00000.h5"
     with h5py.File(shard, "r+") as f:
-        f["guide_seed"][1] = f["guide_seed"][1] + 1
+        meta = f["meta"][1]
+        meta["guide_seed"] += 1
+        f["meta"][1] = meta
     relist(dataset_dir, shard.name)  # so that only the sample's own digest can tell
     found = problems(verify_dataset(dataset_dir, progress=False))
     assert len(found) == 1
@@ -119,8 +122,7 @@ def test_changed_sample_is_caught_by_its_digest(built, dataset_dir):
 
 def test_undecodable_sample(dataset_dir):
     shard = dataset_dir / "shard-00001.h5"
-    with h5py.File(shard, "r+") as f:
-        f["flow"][0] = np.frombuffer(b"garbage", np.uint8)
+    tamper(shard, 0, flow=b"garbage")
     relist(dataset_dir, shard.name)
     found = problems(verify_dataset(dataset_dir, progress=False))
     assert [(s, i) for s, i, _ in found] == [("shard-00001.h5", 0)]
@@ -129,9 +131,11 @@ def test_undecodable_sample(dataset_dir):
 
 def test_guidance_outside_the_image(dataset_dir):
     shard = dataset_dir / "shard-00000.h5"
-    with h5py.File(shard, "r+") as f:
-        first = int(np.argmax(np.diff(f["guide_offsets"][()]) > 0))  # a sample with points
-        f["guide_points"][f["guide_offsets"][first]] = (64.0, 0.0)
+    with ShardReader(shard) as reader:
+        first = next(i for i in range(len(reader)) if len(reader.encoded(i).points))
+        points = reader.encoded(first).points.copy()
+    points[0] = (64.0, 0.0)
+    tamper(shard, first, points=points)
     relist(dataset_dir, shard.name)
     found = problems(verify_dataset(dataset_dir, progress=False))
     assert {(s, i) for s, i, _ in found} == {("shard-00000.h5", first)}
@@ -139,8 +143,8 @@ def test_guidance_outside_the_image(dataset_dir):
 
 
 def test_corrupt_file_errors_name_the_shard(tmp_path):
-    expected = r"x\.h5: unreadable \(RuntimeError: bad symbol"
-    with pytest.raises(ShardError, match=expected), shard_errors(tmp_path / "x.h5"):
+    expected = r"x\.h5: sample 3: unreadable \(RuntimeError: bad symbol"
+    with pytest.raises(ShardError, match=expected), h5_errors(tmp_path / "x.h5", "sample 3"):
         raise RuntimeError("bad symbol table")
 
 

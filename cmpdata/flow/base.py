@@ -28,6 +28,8 @@ class FlowBackend(ABC):
 
     #: registry name, set by :func:`register_flow`
     name: str = ""
+    #: smallest frame height and width (px) the backend accepts
+    min_side: int = 1
 
     def __call__(
         self, frames0: Sequence[np.ndarray], frames1: Sequence[np.ndarray]

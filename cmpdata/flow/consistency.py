@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from cmpdata.errors import ConfigError
 from cmpdata.flow.base import FlowBackend
 from cmpdata.records import check_flow
 
@@ -57,7 +58,7 @@ def consistency_mask(
     check_flow("forward flow", forward)
     check_flow("backward flow", backward, forward.shape[:2])
     if alpha < 0 or beta < 0:
-        raise ValueError(f"alpha and beta must be non-negative, got {alpha} and {beta}")
+        raise ConfigError(f"alpha and beta must be non-negative, got {alpha} and {beta}")
     height, width = forward.shape[:2]
     grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
     target_x = grid_x + forward[..., 0]

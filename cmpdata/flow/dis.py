@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cmpdata.errors import ConfigError
 from cmpdata.flow.base import FlowBackend, register_flow
 
 PRESETS: dict[str, int] = {
@@ -34,9 +35,11 @@ class DisFlow(FlowBackend):
     :data:`MIN_SIDE` px on a side.
     """
 
+    min_side = MIN_SIDE
+
     def __init__(self, preset: str = "medium") -> None:
         if preset not in PRESETS:
-            raise ValueError(f"unknown DIS preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown DIS preset {preset!r}; choose one of: {', '.join(PRESETS)}")
         self.preset = preset
         self._dis = cv2.DISOpticalFlow_create(PRESETS[preset])
 

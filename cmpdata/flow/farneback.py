@@ -12,6 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cmpdata.errors import ConfigError
 from cmpdata.flow.base import FlowBackend, register_flow
 
 #: the polynomial neighbourhood sizes OpenCV implements
@@ -45,14 +46,14 @@ class FarnebackFlow(FlowBackend):
         gaussian_window: bool = False,
     ) -> None:
         if not 0.0 < pyr_scale < 1.0:
-            raise ValueError(f"pyr_scale must be in (0, 1), got {pyr_scale}")
+            raise ConfigError(f"pyr_scale must be in (0, 1), got {pyr_scale}")
         for name, value in (("levels", levels), ("winsize", winsize), ("iterations", iterations)):
             if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise ConfigError(f"{name} must be at least 1, got {value}")
         if poly_n not in POLY_SIZES:
-            raise ValueError(f"poly_n must be one of {POLY_SIZES}, got {poly_n}")
+            raise ConfigError(f"poly_n must be one of {POLY_SIZES}, got {poly_n}")
         if poly_sigma <= 0:
-            raise ValueError(f"poly_sigma must be positive, got {poly_sigma}")
+            raise ConfigError(f"poly_sigma must be positive, got {poly_sigma}")
         self.pyr_scale = float(pyr_scale)
         self.levels = int(levels)
         self.winsize = int(winsize)

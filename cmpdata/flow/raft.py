@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from cmpdata.errors import FlowWeightsError
+from cmpdata.errors import ConfigError, FlowWeightsError
 from cmpdata.flow.base import FlowBackend, register_flow, resize_flow
 
 if TYPE_CHECKING:
@@ -95,6 +95,7 @@ class RaftFlow(FlowBackend):
     ``ValueError`` for invalid settings or (per call) frames under :data:`MIN_SIDE` px.
     """
 
+    min_side = MIN_SIDE
     #: torchvision builder function and weights enum of the variant
     builder: str = ""
     weights_enum: str = ""
@@ -112,16 +113,16 @@ class RaftFlow(FlowBackend):
         from torchvision.models import optical_flow
 
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of: {PRECISIONS}")
+            raise ConfigError(f"unknown precision {precision!r}; choose one of: {PRECISIONS}")
         if num_flow_updates < 1:
-            raise ValueError(f"num_flow_updates must be at least 1, got {num_flow_updates}")
+            raise ConfigError(f"num_flow_updates must be at least 1, got {num_flow_updates}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if random_init and weights is not None:
-            raise ValueError(f"give weights ({weights}) or random_init=True, not both")
+            raise ConfigError(f"give weights ({weights}) or random_init=True, not both")
         self.device = _resolve_device(device)
         if precision != "fp32" and self.device.type != "cuda":
-            raise ValueError(
+            raise ConfigError(
                 f"precision {precision!r} needs a CUDA device, not {self.device}; "
                 "use precision='fp32'"
             )
@@ -290,9 +291,9 @@ def _resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"unknown device {device!r}: {e}") from e
+        raise ConfigError(f"unknown device {device!r}: {e}") from e
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here")
     return resolved
 
 

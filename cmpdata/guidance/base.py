@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from cmpdata.errors import ConfigError
 from cmpdata.records import Guidance, check_flow, check_mask
 from cmpdata.registry import Registry
 
@@ -28,25 +29,25 @@ from cmpdata.registry import Registry
 def check_bg_ratio(bg_ratio: float) -> None:
     """Raise ``ValueError`` unless ``bg_ratio`` (points per pixel) is in (0, 1]."""
     if not 0 < bg_ratio <= 1:
-        raise ValueError(f"bg_ratio must be in (0, 1], got {bg_ratio}")
+        raise ConfigError(f"bg_ratio must be in (0, 1], got {bg_ratio}")
 
 
 def check_nms_ks(nms_ks: int) -> None:
     """Raise ``ValueError`` unless ``nms_ks`` is an odd kernel size >= 3."""
     if nms_ks < 3 or nms_ks % 2 == 0:
-        raise ValueError(f"nms_ks must be an odd number >= 3, got {nms_ks}")
+        raise ConfigError(f"nms_ks must be an odd number >= 3, got {nms_ks}")
 
 
 def check_fraction(name: str, value: float) -> None:
     """Raise ``ValueError`` unless ``value`` is strictly between 0 and 1."""
     if not 0 < value < 1:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
+        raise ConfigError(f"{name} must be in (0, 1), got {value}")
 
 
 def check_cap(max_num_guide: int | None) -> None:
     """Raise ``ValueError`` unless ``max_num_guide`` is None or a positive count."""
     if max_num_guide is not None and max_num_guide < 1:
-        raise ValueError(f"max_num_guide must be None or >= 1, got {max_num_guide}")
+        raise ConfigError(f"max_num_guide must be None or >= 1, got {max_num_guide}")
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,9 @@ class GuidanceConfig:
             names = tuple(n.strip() for n in names.split(",") if n.strip())
         names = tuple(names)
         if not names:
-            raise ValueError("GuidanceConfig.strategies is empty; name at least one strategy")
+            raise ConfigError("GuidanceConfig.strategies is empty; name at least one strategy")
         if len(set(names)) != len(names):
-            raise ValueError(f"GuidanceConfig.strategies repeats a name: {names}")
+            raise ConfigError(f"GuidanceConfig.strategies repeats a name: {names}")
         for name in names:
             GUIDANCE_SAMPLERS.get(name)
         object.__setattr__(self, "strategies", names)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from cmpdata.errors import ConfigError
 from cmpdata.guidance.base import (
     GuidanceConfig,
     GuidanceStrategy,
@@ -46,7 +47,7 @@ class GradNMS(GuidanceStrategy):
         check_fraction("threshold", threshold)
         check_bg_ratio(bg_ratio)
         if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
+            raise ConfigError(f"sigma must be positive, got {sigma}")
         self.nms_ks = nms_ks
         self.threshold = threshold
         self.bg_ratio = bg_ratio
