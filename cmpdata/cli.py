@@ -257,6 +257,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)",
     )
     g.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=20.0,
+        help="seconds to wait for the cluster at --address to answer",
+    )
+    g.add_argument(
         "--overwrite", action="store_true", help="replace a dataset made with other options"
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -270,6 +276,7 @@ def _run_settings(args: argparse.Namespace):
         num_gpus=args.num_gpus,
         batch_size=args.batch_size,
         address=args.address,
+        connect_timeout=args.connect_timeout,
         overwrite=args.overwrite,
         flow_weights=args.flow_weights,
         progress=not args.quiet,

@@ -67,6 +67,7 @@ from cmpdata.records import Dropped, FramePair, Source, VideoInfo
 from cmpdata.shards import (
     SCHEMA_VERSION,
     EncodedSample,
+    ShardError,
     check_written,
     encode_sample,
     schema_problem,
@@ -382,12 +383,13 @@ def check_existing(out: Path, plan: Plan, overwrite: bool) -> None:
             _clear(out)
         return
     old = read_manifest(out)
-    if old.get("plan_fingerprint") == plan.fingerprint:
+    problem = schema_problem(old.get("schema_version"))
+    if old.get("plan_fingerprint") == plan.fingerprint and not problem:
         return
     if overwrite:
         _clear(out)
         return
-    if problem := schema_problem(old.get("schema_version")):
+    if problem:
         raise UsageError(f"{out}: holds a dataset {problem}")
     lines = differences(
         {"config": old.get("config"), "flow_backend": old.get("flow_backend")},
@@ -457,11 +459,9 @@ def cluster_resources(address: str, timeout: float) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def ensure_ray(address: str | None, workers: int | None, connect_timeout: float = 20.0) -> None:
-    """Join the cluster at ``address``, or start a local Ray sized to this machine.
-
-    Raises :class:`UsageError` when ``address`` does not answer within ``connect_timeout``.
-    """
+def ensure_ray(address: str | None, workers: int | None) -> None:
+    """Join the cluster at ``address`` (checked first with :func:`check_resources`), or start a
+    local Ray sized to this machine."""
     import ray
 
     if ray.is_initialized():
@@ -469,7 +469,6 @@ def ensure_ray(address: str | None, workers: int | None, connect_timeout: float 
     # Ray's C++ core logs recoverable conditions to stderr, which would bury our messages.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if address:
-        cluster_resources(address, connect_timeout)
         ray.init(address=address, log_to_driver=False)
     else:
         # "local": always a new Ray of our own, never one that happens to run on this machine.
@@ -478,14 +477,19 @@ def ensure_ray(address: str | None, workers: int | None, connect_timeout: float 
 
 
 def check_resources(run: RunSettings) -> None:
-    """Start (or join) Ray and refuse, before any work, more GPUs than the cluster has."""
+    """Before any work: refuse a cluster address that does not answer within
+    ``run.connect_timeout`` and more GPUs than the cluster (or this machine) has."""
     import ray
 
-    ensure_ray(run.address, run.workers, run.connect_timeout)
-    have = ray.cluster_resources().get("GPU", 0.0)
-    if run.num_gpus > have:
+    if run.address:
+        have = cluster_resources(run.address, run.connect_timeout)
+    else:
+        ensure_ray(None, run.workers)
+        have = ray.cluster_resources()
+    gpus = have.get("GPU", 0.0)
+    if run.num_gpus > gpus:
         where = f"the Ray cluster at {run.address}" if run.address else "this machine"
-        raise UsageError(f"--num-gpus {run.num_gpus}: {where} has {have:g} GPUs")
+        raise UsageError(f"--num-gpus {run.num_gpus}: {where} has {gpus:g} GPUs")
 
 
 def _flow_options(config: ExtractConfig, run: RunSettings) -> dict[str, Any]:
@@ -512,7 +516,7 @@ def run_pipeline(plan: Plan, shards: Sequence[int], run: RunSettings,
     import ray
     import ray.data
 
-    ensure_ray(run.address, run.workers, run.connect_timeout)
+    ensure_ray(run.address, run.workers)
     # Ray Data reports each execution at INFO on stderr; our progress bar and summary say it.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
@@ -571,8 +575,12 @@ class ShardCollector:
         with write_errors(path):
             info = write_shard(path, samples, {**self.attrs, "shard_index": index})
         # Read back from disk before the done marker: a shard that does not read back as
-        # written is never counted as finished (a rerun writes it again).
-        check_written(path, info, [s.sample_id for s in samples])
+        # written is removed, never counted as finished (a rerun writes it again).
+        try:
+            check_written(path, info, [s.sample_id for s in samples])
+        except ShardError:
+            path.unlink()
+            raise
         with write_errors(path):
             write_json_atomic(_stats_path(self.out, index), {
                 "fingerprint": self.plan.fingerprint, **info.record(), "index": index,

@@ -160,3 +160,60 @@ def test_work_items_keep_long_videos_whole_but_feed_every_worker():
         ) // 1000 for i in items)  # fmt: skip
     assert len(few) < 10  # one worker: few long items, few restarts of the decoder
     assert len(many) >= 4 * 32 and max(len(i.pairs) for i in many) == 16
+
+
+def test_a_shard_that_does_not_read_back_as_written_is_never_finished(
+    synth_clips: Path, clean_run: Path, tmp_path, monkeypatch, capsys
+):
+    import h5py
+
+    import pipelines.extract
+    from cmpdata.cli import main
+
+    real_write = pipelines.extract.write_shard
+
+    def write_then_change(path, samples, attrs):
+        # A writer and a reader that disagree: one stored byte is not what was hashed.
+        info = real_write(path, samples, attrs)
+        with h5py.File(path, "r+") as f:
+            f["data"][5] ^= 0xFF
+        return info
+
+    monkeypatch.setattr(pipelines.extract, "write_shard", write_then_change)
+    out = tmp_path / "ds"
+    argv = ["extract", "--videos", *videos(synth_clips), "--out", str(out), "--short-side", "0",
+            "--shard-size", "4", "--val-fraction", "0.34", "--quiet"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "shard-0000" in err and "read back, sample 0" in err and "Traceback" not in err
+    assert not list(out.glob("shard-*"))  # the shard removed, no done marker
+    assert read_manifest(out)["complete"] is False
+    monkeypatch.undo()
+    assert main(argv) == 0  # the rerun writes the shard again
+    assert read_manifest(out)["content_digest"] == read_manifest(clean_run)["content_digest"]
+
+
+def test_a_dataset_of_the_old_schema_is_one_line_everywhere(clean_run: Path, synth_clips: Path,
+                                                            tmp_path):  # fmt: skip
+    import json
+
+    import h5py
+
+    out = Path(shutil.copytree(clean_run, tmp_path / "old"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for shard in out.glob("shard-*.h5"):
+        with h5py.File(shard, "r+") as f:
+            f.attrs["schema_version"] = 1
+    with pytest.raises(UsageError) as refused:
+        extract(videos(synth_clips), out, CONFIG, QUIET)
+    with pytest.raises(CmpDataError) as unread:
+        ShardDataset(out)
+    report = verify_dataset(out, progress=False)
+    for message in (str(refused.value), str(unread.value), *map(str, report.problems)):
+        assert "\n" not in message and "shard schema 1" in message and "--overwrite" in message
+    assert len(report.problems) == 1
+    replace = RunSettings(overwrite=True, progress=False)
+    assert extract(videos(synth_clips), out, CONFIG, replace).complete
+    assert verify_dataset(out, progress=False).ok
