@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,23 @@ from cmpdata.errors import CmpDataError, UsageError
 from cmpdata.paths import check_output_dir, check_output_file
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+
+_NO_DEFAULT = (None, False, argparse.SUPPRESS)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless it has none or its text says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not text or "default" in text or any(action.default is v for v in _NO_DEFAULT):
+            return text
+        return super()._get_help_string(action)
+
+
+#: the parser class of every (sub)command: ``--help`` shows the defaults
+Parser = functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter)
 
 
 def _add_pair_options(p: argparse.ArgumentParser) -> None:
@@ -40,7 +58,12 @@ def _add_pair_options(p: argparse.ArgumentParser) -> None:
         help="resize frames to this short side (0: keep the decoded size)",
     )
     g.add_argument("--min-side", type=int, default=64, help="skip sources smaller than this")
-    g.add_argument("--decoder", choices=["auto", "decord", "ffmpeg"], default="auto")
+    g.add_argument(
+        "--decoder",
+        choices=["auto", "decord", "ffmpeg"],
+        default="auto",
+        help="video decoder (auto: chosen per source)",
+    )
     g.add_argument(
         "--timeout",
         type=float,
@@ -67,7 +90,7 @@ def _add_flow_options(p: argparse.ArgumentParser) -> None:
     from cmpdata.flow import FLOW_BACKENDS
 
     g = p.add_argument_group("optical flow")
-    g.add_argument("--flow", default="dis", choices=FLOW_BACKENDS.names())
+    g.add_argument("--flow", default="dis", choices=FLOW_BACKENDS.names(), help="flow backend")
     g.add_argument(
         "--flow-weights",
         default=None,
@@ -335,7 +358,9 @@ def cmd_recipe_build(args: argparse.Namespace) -> int:
 
 def _add_recipe_parser(sub) -> None:
     p = sub.add_parser("recipe", help="rebuild the paper's training sets from your dataset copies")
-    recipe_sub = p.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
+    recipe_sub = p.add_subparsers(
+        dest="recipe_command", required=True, metavar="ACTION", parser_class=Parser
+    )
     q = recipe_sub.add_parser("list", help="the recipes shipped: name, pairs, dataset sources")
     q.set_defaults(func=cmd_recipe_list)
     for name, help_text in (
@@ -401,12 +426,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cmpdata",
         description="Turn videos into Conditional Motion Propagation training data.",
     )
     parser.add_argument("--version", action="version", version=f"cmpdata {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
 
     p = sub.add_parser("demo", help="run the stages on synthetic clips and write pictures")
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from cmpdata.cli import Parser
 from cmpdata.errors import CmpDataError, ConfigError, UsageError
 from cmpdata.paths import check_output_file
 from cmpmodel import __version__
@@ -29,6 +30,11 @@ from cmpmodel.train import TrainConfig, export_encoder, train
 # Command-line options that override a TrainConfig field of the same name when given.
 _TRAIN_OVERRIDES = ("data", "out", "arch", "iters", "batch_size", "lr", "workers", "crop",
                     "loss_stride", "seed")  # fmt: skip
+
+
+def _default(field: str) -> str:
+    """`` (default: X)`` for a :class:`TrainConfig` field, for ``--help``."""
+    return f" (default: {TrainConfig.__dataclass_fields__[field].default})"
 
 
 def read_train_config(args: argparse.Namespace) -> Any:
@@ -103,26 +109,34 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cmpmodel", description="Train and evaluate Conditional Motion Propagation models."
     )
     parser.add_argument("--version", action="version", version=f"cmpmodel {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = commands.add_parser("train", help="train CMP (torchrun for several processes)")
     train.add_argument("--data", nargs="+", help="dataset directories")
     train.add_argument("--out", help="run directory (log.csv, pictures/, checkpoint.pt)")
     train.add_argument("--config", help="YAML file of TrainConfig keys")
-    train.add_argument("--arch", help="image encoder: alexnet, resnet50, tiny")
-    train.add_argument("--iters", type=int, help="optimizer steps in the whole run")
-    train.add_argument("--batch-size", type=int, help="samples per process")
+    train.add_argument("--arch", help=f"image encoder: alexnet, resnet50, tiny{_default('arch')}")
+    train.add_argument(
+        "--iters", type=int, help=f"optimizer steps in the whole run{_default('iters')}"
+    )
+    train.add_argument(
+        "--batch-size", type=int, help=f"samples per process{_default('batch_size')}"
+    )
     train.add_argument("--lr", type=float, help="base learning rate (default: 0.1 x batch/160)")
-    train.add_argument("--workers", type=int, help="DataLoader workers per process")
-    train.add_argument("--crop", type=int, help="training crop side, px (multiple of 8)")
+    train.add_argument(
+        "--workers", type=int, help=f"DataLoader workers per process{_default('workers')}"
+    )
+    train.add_argument("--crop", type=int,
+                       help="training crop side, px, a multiple of 8 (default: the arch's, 320 for "
+                            "resnet50, 384 for alexnet, 96 for tiny)")  # fmt: skip
     train.add_argument("--loss-stride", type=int,
                        help="score every n-th pixel in each direction (default 1, the paper's; "
                             "4 makes the loss ~16x cheaper, for CPU runs)")  # fmt: skip
-    train.add_argument("--seed", type=int, help="seed of the run")
+    train.add_argument("--seed", type=int, help=f"seed of the run{_default('seed')}")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument(
         "--skip-damaged",
@@ -133,22 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="EPE of a model and of baselines on a split")
     ev.add_argument("--data", nargs="+", required=True, help="dataset directories")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--split", default="val", choices=("train", "val"))
-    ev.add_argument("--max-samples", type=int)
-    ev.add_argument("--guidance-seed", type=int, default=0)
+    ev.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
+    ev.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate")
+    ev.add_argument("--max-samples", type=int, help="evaluate at most N samples (default: all)")
+    ev.add_argument("--guidance-seed", type=int, default=0, help="seed of the guidance draws")
     ev.add_argument("--json", help="also write the result to this JSON file")
     ev.set_defaults(func=cmd_eval)
 
     prop = commands.add_parser("propagate", help="propagate given guides over one image")
-    prop.add_argument("--checkpoint", required=True)
-    prop.add_argument("--image", required=True)
-    prop.add_argument("--guide", required=True, nargs="+", type=parse_guide, metavar="X,Y,DX,DY")
+    prop.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
+    prop.add_argument("--image", required=True, help="image file to propagate over")
+    prop.add_argument("--guide", required=True, nargs="+", type=parse_guide, metavar="X,Y,DX,DY",
+                      help="a point of the image and its motion, px")  # fmt: skip
     prop.add_argument("--out", required=True, help="PNG to write")
     prop.set_defaults(func=cmd_propagate)
 
     export = commands.add_parser("export-encoder", help="save the trained image encoder")
-    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
     export.add_argument("--out", required=True, help=".pth file to write")
     export.set_defaults(func=cmd_export_encoder)
     return parser
