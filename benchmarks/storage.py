@@ -12,7 +12,11 @@ shard size, 1000, holds them all).
 - read MB/s: :meth:`ShardReader.encoded` of every sample through a fresh reader: the stored
   bytes, not decoded (from the page cache: the file was just written);
 - read and decode: :meth:`ShardReader.read` of every sample (JPEG, flow and mask decoded,
-  the content digest checked), samples per second.
+  the content digest checked), samples per second;
+- read-back check: :func:`cmpdata.shards.check_written` on the shard, what ``extract`` does
+  before each done marker (columns read in bulk, every digest recomputed from the stored
+  bytes), ms per sample and as a share of one pair's time through every stage (the
+  extraction of the clips in this process).
 
 ``python -m benchmarks.storage``.
 """
@@ -38,7 +42,7 @@ from benchmarks.common import (
     write_shards,
 )
 from cmpdata.config import ExtractConfig
-from cmpdata.shards import EncodedSample, ShardReader
+from cmpdata.shards import EncodedSample, ShardInfo, ShardReader, check_written
 
 PART = "storage"
 
@@ -89,10 +93,24 @@ def measure(bench: Bench) -> dict[str, Any]:
 
         return run
 
+    def read_back() -> float:
+        """check_written on every shard of the training set: ms per sample."""
+        paths = sorted(bench.training_set.glob("*.h5"))
+        checks = []
+        for path in paths:
+            with ShardReader(path) as reader:
+                ids, stored, _ = reader.digests()
+            info = ShardInfo(path.name, len(ids), "", path.stat().st_size, tuple(stored))
+            checks.append((path, info, ids))
+        seconds = stopwatch(lambda: [check_written(*c) for c in checks])
+        return seconds * 1e3 / len(samples)
+
     rates = interleaved(
-        {"write": write, "read": read(ShardReader.encoded), "decode": read(ShardReader.read)},
+        {"write": write, "read": read(ShardReader.encoded), "decode": read(ShardReader.read),
+         "read_back": read_back},
         repeats,
-    )
+    )  # fmt: skip
+    pair_ms = bench.pair_seconds * 1e3
     per_sample = sizes[-1] / len(samples)
     fields = field_bytes(samples)
     read_mb = [r * per_sample / 1e6 for r in rates["read"]]
@@ -126,6 +144,15 @@ def measure(bench: Bench) -> dict[str, Any]:
             "samples/s",
             note="JPEG + flow + mask decoded, digest checked",
             key="storage.read_decode.samples_per_s",
+        ),
+        measured(
+            PART,
+            "read-back check before a done marker",
+            rates["read_back"],
+            "ms/sample",
+            note=f"{statistics.median(rates['read_back']) / pair_ms:.2%} of a pair's "
+            f"{pair_ms:.0f} ms through every stage",
+            key="storage.read_back.ms_per_sample",
         ),
     ]
     conditions = {
