@@ -118,7 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = PROFILES[args.profile]
     if args.clips is not None:
         settings = dataclasses.replace(settings, clips=args.clips)
-    summary = run_demo(args.out, settings, seed=args.seed, flow=args.flow)
+    summary = run_demo(check_output_dir(args.out), settings, seed=args.seed, flow=args.flow)
     return EXIT_OK if summary["verified"] else EXIT_PARTIAL
 
 
@@ -126,7 +126,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from cmpdata.synth import make_clips
 
     files = make_clips(
-        args.out,
+        check_output_dir(args.out),
         args.count,
         seed=args.seed,
         height=args.height,
@@ -410,6 +410,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from cmpdata.tools import format_verify, verify_dataset
 
+    if not Path(args.directory).is_dir():
+        raise UsageError(f"{args.directory}: no such dataset directory")
     report = verify_dataset(args.directory, progress=not args.quiet)
     print(format_verify(report), file=sys.stdout if report.ok else sys.stderr)
     return EXIT_OK if report.ok else EXIT_PARTIAL

@@ -45,7 +45,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from cmpdata.errors import CmpDataError, SourceError
+from cmpdata.errors import CmpDataError, ConfigError, SourceError
 from cmpdata.media import write_video
 
 LayerKind = Literal["background", "translate", "rotate", "scale", "mixed"]
@@ -80,21 +80,21 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
-            raise ValueError(f"frame size {self.height}x{self.width}: both sides must be >= 8 px")
+            raise ConfigError(f"frame size {self.height}x{self.width}: both sides must be >= 8 px")
         if self.num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+            raise ConfigError(f"num_frames must be >= 1, got {self.num_frames}")
         if self.num_objects < 0:
-            raise ValueError(f"num_objects must be >= 0, got {self.num_objects}")
+            raise ConfigError(f"num_objects must be >= 0, got {self.num_objects}")
         for name in ("camera_speed", "max_speed", "max_rotation", "max_growth"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.min_object_size <= self.max_object_size <= 1:
-            raise ValueError(
+            raise ConfigError(
                 "object sizes must satisfy 0 < min_object_size <= max_object_size <= 1, got "
                 f"{self.min_object_size}, {self.max_object_size}"
             )
         if not self.fps > 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
+            raise ConfigError(f"fps must be > 0, got {self.fps}")
 
 
 @dataclass(frozen=True)
@@ -590,6 +590,8 @@ def make_clips(
     ``config_overrides`` are other :class:`SynthConfig` fields. Raises ``TypeError`` for an
     unknown field and ``ValueError`` for an invalid value (see :func:`write_clip`).
     """
+    if count < 1:
+        raise ConfigError(f"count must be >= 1 clip, got {count}")
     files = []
     for i in range(count):
         clip = SyntheticClip(SynthConfig(seed=seed + i, **config_overrides))

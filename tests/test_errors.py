@@ -261,3 +261,23 @@ def test_a_checkpoint_holding_objects_is_refused_without_unsafe_advice(tmp_path,
     err = capsys.readouterr().err
     assert one_line(err) and "evil.pt: not loaded" in err and "Namespace" in err
     assert "weights_only" not in err and "trust" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["synth", "--out", "{tmp}/s", "--count", "0"], "count must be >= 1"),
+        (["synth", "--out", "{tmp}/s", "--height", "2"], "both sides must be >= 8 px"),
+        (["synth", "--out", "{tmp}/file"], "exists and is not a directory"),
+        (["demo", "--out", "{tmp}/file"], "exists and is not a directory"),
+        (["verify", "{tmp}/none"], "no such dataset directory"),
+        (["inspect", "{tmp}/none"], "no such dataset directory"),
+        (["show", "{tmp}/none", "--index", "0", "--out", "{tmp}/x.txt"], "expected a .png"),
+    ],
+)
+def test_other_commands_refuse_in_one_line(tmp_path, capsys, argv, words):
+    (tmp_path / "file").write_text("x")
+    assert cmpdata_main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and words in err, err
+    assert not (tmp_path / "s").exists()
