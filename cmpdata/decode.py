@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import select
 import struct
@@ -39,9 +40,11 @@ import numpy as np
 from cmpdata.errors import DecodeError, DecodeTimeout, SourceError
 from cmpdata.media import ffmpeg_exe
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.sources import check_source_size, ffmpeg_complaint, probe
+from cmpdata.sources import MAX_REASON, check_source_size, clip_text, ffmpeg_complaint, probe
 
 DECODERS = ("auto", "decord", "ffmpeg")
+
+_log = logging.getLogger(__name__)
 
 #: ``crop(frame0, frame1) -> (x0, y0, x1, y1)``: the box to keep from both frames of a pair.
 CropFn = Callable[[np.ndarray, np.ndarray], tuple[int, int, int, int]]
@@ -189,6 +192,8 @@ class _Decoder:
                 stream.close()
 
     def complaint(self) -> str:
+        """The causes in the last log lines, short; the lines themselves go to the log."""
+        _log.debug("%s: last lines of %s:\n%s", self.path, self.name, "\n".join(self.tail))
         return ffmpeg_complaint(self.tail)
 
     def __enter__(self) -> _Decoder:
@@ -261,10 +266,12 @@ def _decord_main() -> None:
 
 
 def _decord_reason(exc: BaseException) -> str:
-    """decord's message without its timestamp and C++ source location."""
+    """decord's message without its timestamp and C++ source location, cut to
+    :data:`MAX_REASON` characters."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
     text = lines[-1] if lines else type(exc).__name__
-    return text.split(": ", 1)[1] if text.startswith("[") and ": " in text else text
+    text = text.split(": ", 1)[1] if text.startswith("[") and ": " in text else text
+    return clip_text(text, MAX_REASON)
 
 
 def _decord_messages(
@@ -336,18 +343,38 @@ def _read_decord(
 # ffmpeg -----------------------------------------------------------------------------------------
 
 
+def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive numbers in ``indices`` (sorted, distinct), as ``(first, last)``."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
+
+
 def _select_expression(indices: Sequence[int]) -> str:
-    """An ffmpeg ``select`` expression true exactly for frame numbers in ``indices`` (sorted)."""
-    terms = []
-    start = previous = indices[0]
-    for index in [*indices[1:], None]:
-        if index is not None and index == previous + 1:
-            previous = index
-            continue
-        terms.append(f"eq(n,{start})" if start == previous else f"between(n,{start},{previous})")
-        if index is not None:
-            start = previous = index
-    return "+".join(terms)
+    """An ffmpeg ``select`` expression true exactly for frame numbers in ``indices`` (sorted,
+    distinct, at least one).
+
+    libavutil's expression parser limits the nesting depth, not the length: with ffmpeg 9.0.2
+    a sum of 100 ``eq()`` terms parses and one of 101 does not (a sum nests one level a
+    term), 400 terms as 20 sums of 20 parse, 98 nested ``if()`` parse and 99 do not. So the
+    runs of wanted frames go into a balanced binary search tree, ``if(lt(n,K),LOW,HIGH)``
+    with ``eq``/``between`` leaves: its depth is ceil(log2(runs)), 11 for 2,000 runs, and
+    each decoded frame costs that many comparisons.
+    """
+    runs = _runs(indices)
+
+    def tree(low: int, high: int) -> str:
+        if high - low == 1:
+            first, last = runs[low]
+            return f"eq(n,{first})" if first == last else f"between(n,{first},{last})"
+        middle = (low + high) // 2
+        return f"if(lt(n,{runs[middle][0]}),{tree(low, middle)},{tree(middle, high)})"
+
+    return tree(0, len(runs))
 
 
 def _read_ffmpeg(

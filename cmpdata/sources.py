@@ -211,8 +211,22 @@ def _rotation(block: list[str]) -> int:
 _LOG_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
 
 
+MAX_CAUSE = 100  # characters kept of one message of a decoder in a failure reason
+MAX_REASON = 300  # characters kept of a decoder's messages together
+
+
+def clip_text(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut marked by ``...``.
+
+    Failure reasons end up one per line in failures.jsonl and the summary: a decoder's
+    message (an ffmpeg filter may quote a 40 KB expression) must not swamp them.
+    """
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def ffmpeg_complaint(lines: Iterable[str]) -> str:
-    """The causes in ffmpeg's log lines (the last three distinct ones), joined by ``"; "``."""
+    """The causes in ffmpeg's log lines (the last three distinct ones), joined by ``"; "``,
+    each cut to :data:`MAX_CAUSE` characters and the whole to :data:`MAX_REASON`."""
     causes: list[str] = []
     last = ""
     for line in lines:
@@ -221,9 +235,11 @@ def ffmpeg_complaint(lines: Iterable[str]) -> str:
         if not _LOG_PREFIX.match(line):
             continue
         text = _LOG_PREFIX.sub("", line).strip().removeprefix("Error opening input: ")
+        text = clip_text(text, MAX_CAUSE)
         if text and "misdetection possible" not in text and text not in causes:
             causes.append(text)
-    return "; ".join(causes[-3:]) or last or "ffmpeg gave no reason"
+    found = "; ".join(causes[-3:]) or clip_text(last, MAX_CAUSE) or "ffmpeg gave no reason"
+    return clip_text(found, MAX_REASON)
 
 
 def _decord_count(path: Path, timeout: float) -> int | None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from cmpdata.decode import (
     PairConfig,
+    _decord_reason,
     _select_expression,
     iter_pairs,
     pair_indices,
@@ -27,7 +28,7 @@ from cmpdata.errors import CmpDataError, DecodeError, DecodeTimeout, SourceError
 from cmpdata.indexclip import index_frame, read_index, write_index_video
 from cmpdata.media import ffmpeg_exe, write_video
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.sources import find_sources, probe
+from cmpdata.sources import MAX_REASON, ffmpeg_complaint, find_sources, probe
 
 NUM_FRAMES = 48
 H, W = 64, 80
@@ -456,19 +457,60 @@ def test_pair_indices_properties(num_frames: int, gap: int, stride: int, max_pai
         assert steps.max() - steps.min() <= 1
 
 
+def select_eval(expression: str, n: int) -> bool:
+    """What ffmpeg's ``select`` makes of the expression for frame number ``n``."""
+    functions = {
+        "if": lambda c, a, b: a if c else b,
+        "lt": lambda a, b: a < b,
+        "eq": lambda a, b: a == b,
+        "between": lambda x, a, b: a <= x <= b,
+    }
+    python = re.sub(r"\bif\(", "if_(", expression)
+    return bool(eval(python, {"if_": functions["if"], **functions, "n": n}))
+
+
+def nesting(expression: str) -> int:
+    depth = deepest = 0
+    for char in expression:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.sets(st.integers(0, 300), min_size=1))
 def test_select_expression_matches_exactly_the_indices(indices: set[int]) -> None:
-    wanted = sorted(indices)
-    selected = set()
-    for term in _select_expression(wanted).split("+"):
-        if m := re.fullmatch(r"eq\(n,(\d+)\)", term):
-            selected.add(int(m.group(1)))
-        else:
-            m = re.fullmatch(r"between\(n,(\d+),(\d+)\)", term)
-            assert m is not None
-            selected.update(range(int(m.group(1)), int(m.group(2)) + 1))
-    assert selected == indices
+    expression = _select_expression(sorted(indices))
+    assert {n for n in range(302) if select_eval(expression, n)} == indices
+    # A balanced tree over the runs: nesting grows with the log of the item, not the item.
+    runs = sum(1 for i in indices if i - 1 not in indices)
+    assert nesting(expression) <= np.ceil(np.log2(runs)) + 2
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4,003 index frames: 1,000 pairs (t, t + 3) every 4 frames."""
+    return write_index_video(tmp_path_factory.mktemp("long") / "long.mp4", 4003, 24, 24)
+
+
+def test_ffmpeg_decodes_an_item_of_a_thousand_pairs(long_clip: Path) -> None:
+    # The old select expression (one term a run) failed to parse beyond 100 runs: 50 pairs.
+    config = PairConfig(gap=3, stride=4, short_side=None, min_side=24, decoder="ffmpeg")
+    info = VideoInfo(24, 24, 4003)
+    items = list(iter_pairs(source_of(long_clip), config, info=info))
+    assert [(p.t0, p.t1) for p in items] == [(t, t + 3) for t in range(0, 4000, 4)]
+    assert all((read_index(p.frame0), read_index(p.frame1)) == (p.t0, p.t1) for p in items)
+
+
+def test_failure_reasons_are_short() -> None:
+    quoted = "[Parsed_select_0 @ 0x5f] Error while parsing expression '" + "eq(n,1)+" * 5000
+    reason = ffmpeg_complaint([quoted, "[in#0 @ 0x6a] " + "x" * 400, "[out @ 0x7b] y"])
+    assert len(reason) <= MAX_REASON
+    assert reason.startswith("Error while parsing expression 'eq(n,1)+")
+    assert reason.endswith("; y")
+    assert (
+        len(_decord_reason(RuntimeError("[12:00:00] src/video.cc:1: " + "z" * 9000))) <= MAX_REASON
+    )
 
 
 # resize_short_side -------------------------------------------------------------------------------
