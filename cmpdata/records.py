@@ -88,6 +88,7 @@ class VideoInfo:
     num_frames: int
     fps: float | None = None
     rotation: int = 0  # degrees clockwise applied to the stored frames to display them
+    note: str | None = None  # what the probe did not take as the file claimed, and why
 
     @property
     def short_side(self) -> int:
