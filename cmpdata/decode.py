@@ -408,46 +408,128 @@ def _read_ffmpeg(
 
 # The interface ---------------------------------------------------------------------------------
 
+
+@dataclass(frozen=True)
+class BadFrame:
+    """A wanted frame that cannot be used: unreadable, damaged, of the wrong size, or never
+    decoded (``missing``: the stream ended before it). Only the pairs using it are lost."""
+
+    index: int
+    path: Path  # the video, or the frame's own file in a frame folder
+    reason: str
+    missing: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
 _Reader = Callable[[Path, Sequence[int], float, tuple[int, int]], Iterator[tuple[int, np.ndarray]]]
+_READERS: dict[str, _Reader] = {"decord": _read_decord, "ffmpeg": _read_ffmpeg}
+_Group = tuple[int, ...]
 
 
-def _read_auto(
-    path: Path, indices: Sequence[int], timeout: float, size: tuple[int, int]
-) -> Iterator[tuple[int, np.ndarray]]:
-    """decord, then ffmpeg for the frames still wanted if decord fails (not if it hangs)."""
-    last = -1
-    try:
-        for index, frame in _read_decord(path, indices, timeout, size):
-            last = index
-            yield index, frame
-    except DecodeTimeout:
-        raise
-    except DecodeError as decord_error:
-        rest = [i for i in indices if i > last]
-        if not rest:
-            return
-        try:
-            yield from _read_ffmpeg(path, rest, timeout, size)
-        except DecodeTimeout:
-            raise
-        except DecodeError as ffmpeg_error:
-            raise DecodeError(
-                path, f"{ffmpeg_error.reason} (after decord failed: {decord_error.reason})"
-            ) from ffmpeg_error
-
-
-_READERS: dict[str, _Reader] = {"auto": _read_auto, "decord": _read_decord, "ffmpeg": _read_ffmpeg}
-
-
-def _read_folder(source: Source, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _read_folder(
+    source: Source, indices: Sequence[int]
+) -> Iterator[tuple[int, np.ndarray | BadFrame]]:
     for index in indices:
         if index >= len(source.frames):
             return
         file = Path(source.path) / source.frames[index]
         image = cv2.imread(str(file), cv2.IMREAD_COLOR)
         if image is None:
-            raise DecodeError(file, "cannot read the image")
-        yield index, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            yield index, BadFrame(index, file, "cannot read the image")
+        else:
+            yield index, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _decoders(source: Source, decoder: str, info: VideoInfo) -> tuple[str, ...]:
+    """The decoders to try in turn; each one after the first re-reads what is left."""
+    if source.kind == "frames":
+        return ("frames",)
+    return ("decord", "ffmpeg") if decoder == "auto" else (decoder,)
+
+
+def _frames_from(
+    name: str, source: Source, wanted: Sequence[int], timeout: float, info: VideoInfo
+) -> Iterator[tuple[int, np.ndarray | BadFrame]]:
+    """The wanted frames from one decoder, ascending; a frame of the wrong size is bad."""
+    path = Path(source.path)
+    if name == "frames":
+        frames = _read_folder(source, wanted)
+    else:
+        frames = _READERS[name](path, wanted, timeout, (info.width, info.height))
+    with contextlib.closing(frames):
+        for index, frame in frames:
+            if isinstance(frame, np.ndarray) and frame.shape[:2] != (info.height, info.width):
+                where = path / source.frames[index] if source.kind == "frames" else path
+                frame = BadFrame(
+                    index,
+                    where,
+                    f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
+                    f"the source is {info.width}x{info.height}",
+                )
+            yield index, frame
+
+
+def _read_groups(
+    source: Source, groups: Sequence[_Group], decoder: str, timeout: float, info: VideoInfo
+) -> Iterator[tuple[_Group, list[np.ndarray] | BadFrame]]:
+    """Each group of frame indices (each group ascending) once, as soon as it is settled:
+    with its frames, all from one decoder, when its last frame is read; with the first bad
+    frame among them when that is read; or, after the stream has ended, with the first frame
+    that never came (``missing``).
+
+    Holds only frames that an unsettled group still needs. With ``decoder="auto"``, when
+    decord fails (not when it hangs) ffmpeg re-reads every group not yet settled, whole:
+    the frames of a pair never come from two decoders. Raises :class:`DecodeError` when the
+    last decoder fails (frames already yielded stay valid), :class:`DecodeTimeout` when one
+    hangs.
+    """
+    order = _decoders(source, decoder, info)
+    pending = list(dict.fromkeys(groups))
+    first_error = ""
+    for attempt, name in enumerate(order):
+        users: dict[int, list[_Group]] = collections.defaultdict(list)
+        for group in pending:
+            for index in group:
+                users[index].append(group)
+        unsettled = set(pending)
+        held: dict[int, np.ndarray] = {}
+        last = -1
+        try:
+            for index, frame in _frames_from(name, source, sorted(users), timeout, info):
+                last = index
+                for group in users[index]:
+                    if group in unsettled and (isinstance(frame, BadFrame) or index == group[-1]):
+                        unsettled.discard(group)
+                        if isinstance(frame, BadFrame):
+                            yield group, frame
+                        else:
+                            yield group, [*(held[t] for t in group[:-1]), frame]
+                if isinstance(frame, np.ndarray):
+                    held[index] = frame
+                held = {t: f for t, f in held.items() if not unsettled.isdisjoint(users[t])}
+        except DecodeTimeout:
+            raise
+        except DecodeError as error:
+            if attempt + 1 == len(order):
+                reason = error.reason
+                if attempt:
+                    reason += f" (after {order[0]} failed: {first_error})"
+                raise DecodeError(error.path, reason) from error
+            first_error = error.reason
+            _log.info("%s: %s; %s re-reads what is left", source.path, error.reason, order[-1])
+            pending = [group for group in pending if group in unsettled]
+            continue
+        break
+    for group in pending:
+        if group in unsettled:
+            missing = next(t for t in group if t > last)
+            reason = (
+                f"frame {missing} missing: the video ended before it "
+                f"(last frame read: {last}, {info.num_frames} counted by the probe)"
+            )
+            yield group, BadFrame(missing, Path(source.path), reason, missing=True)
 
 
 def read_frames(
@@ -461,16 +543,18 @@ def read_frames(
     """Yield ``(index, frame)`` for the wanted frame indices, ascending, each once, streamed.
 
     Frames are RGB uint8 ``(H, W, 3)``, upright (display rotation applied), of the size in
-    ``info`` (probed when None). Frame folders ignore ``decoder`` and ``timeout``. When
-    the stream ends before some index, the iteration just stops: the caller sees which
-    indices never came.
+    ``info`` (probed when None), all from one decoder (``"auto"``: decord, then ffmpeg for
+    the frames still wanted if decord fails). Frame folders ignore ``decoder`` and
+    ``timeout``. When the stream ends before some index, the iteration just stops: the
+    caller sees which indices never came.
 
     Raises ``ValueError`` for a negative index or an unknown decoder, :class:`DecodeError`
-    when not a single frame decodes, an image is unreadable or a frame has the wrong size,
+    when not a single frame decodes, an image is unreadable or a frame has the wrong size
+    (:func:`iter_pairs` drops only the pairs using such a frame instead),
     :class:`DecodeTimeout` when no frame is decoded for ``timeout`` seconds (the decoder is
     killed; no other decoder is tried).
     """
-    if decoder not in _READERS:
+    if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
     wanted = sorted(set(indices))
     if wanted and wanted[0] < 0:
@@ -478,20 +562,14 @@ def read_frames(
     if not wanted:
         return
     info = probe(source, timeout) if info is None else info
-    path = Path(source.path)
-    if source.kind == "frames":
-        frames = _read_folder(source, wanted)
-    else:
-        frames = _READERS[decoder](path, wanted, timeout, (info.width, info.height))
-    for index, frame in frames:
-        if frame.shape[:2] != (info.height, info.width):
-            name = f" ({source.frames[index]})" if source.kind == "frames" else ""
-            raise DecodeError(
-                path,
-                f"frame {index}{name} is {frame.shape[1]}x{frame.shape[0]}, "
-                f"the source is {info.width}x{info.height}",
-            )
-        yield index, frame
+    results = _read_groups(source, [(t,) for t in wanted], decoder, timeout, info)
+    with contextlib.closing(results):
+        for (index,), result in results:
+            if isinstance(result, BadFrame):
+                if result.missing:
+                    return
+                raise DecodeError(result.path, result.reason)
+            yield index, result[0]
 
 
 def _make_pair(
@@ -525,17 +603,21 @@ def iter_pairs(
     crop: CropFn | None = None,
     pairs: Sequence[tuple[int, int]] | None = None,
 ) -> Iterator[FramePair | Dropped]:
-    """Frame pairs of one source, cropped and resized, then a Dropped for each pair lost.
+    """Frame pairs of one source, cropped and resized, and a Dropped for each pair lost.
 
     Probes when ``info`` is None, plans :func:`pair_indices` (or takes the given ``pairs``,
-    a part of that plan: the pipeline splits long videos into pieces), and streams the frames they
-    need, holding only first frames still waiting for their second. ``crop`` (e.g. a
-    letterbox detector) picks one box for both frames of a pair. When the video ends early
-    (truncated, over-reported frame count), each planned pair that could not be formed is
-    yielded as ``Dropped(stage="decode")`` after the pairs.
+    a part of that plan: the pipeline splits long videos into pieces), and streams the
+    frames they need, holding only first frames still waiting for their second; both frames
+    of a pair come from one decoder. ``crop`` (e.g. a letterbox detector) picks one box for
+    both frames of a pair. A bad frame (unreadable, damaged, of the wrong size) drops the
+    pairs that use it, as it comes, each ``Dropped(stage="decode")`` with that frame's file
+    and reason; later pairs go on. When the video ends early (truncated, over-reported frame
+    count), each planned pair not formed is dropped after the others.
 
     Raises :class:`SourceError` for a source under ``config.min_side`` or with fewer than
-    ``gap + 1`` frames, and whatever :func:`probe` and :func:`read_frames` raise.
+    ``gap + 1`` frames, whatever :func:`probe` raises, :class:`DecodeError` when decoding
+    fails in a way that ends the stream and :class:`DecodeTimeout` when the decoder hangs:
+    the pairs already yielded stay valid, the caller drops the rest.
     """
     info = probe(source, config.timeout) if info is None else info
     check_source_size(source, info, config.min_side)
@@ -547,32 +629,11 @@ def iter_pairs(
     if pairs is None:
         pairs = pair_indices(info.num_frames, config.gap, config.stride, config.max_pairs_per_video)
     planned = [(int(t0), int(t1)) for t0, t1 in pairs]
-    firsts = {t0 for t0, _ in planned}
-    seconds = {t1 for _, t1 in planned}
-    held: dict[int, np.ndarray] = {}
-    formed: set[int] = set()
-    last = -1
-    frames = read_frames(
-        source, firsts | seconds, decoder=config.decoder, timeout=config.timeout, info=info
-    )
+    results = _read_groups(source, planned, config.decoder, config.timeout, info)
     # closing(): a consumer that stops early stops the decoder at once, not when collected.
-    with contextlib.closing(frames):
-        for index, frame in frames:
-            last = index
-            t0 = index - config.gap
-            if index in seconds and t0 in held:
-                formed.add(t0)
-                yield _make_pair(source.id, t0, index, held.pop(t0), frame, config, crop)
-            if index in firsts:
-                held[index] = frame
-    for t0, t1 in planned:
-        if t0 not in formed:
-            missing = t1 if t0 in held else t0
-            yield Dropped(
-                source.id,
-                t0,
-                t1,
-                stage="decode",
-                reason=f"frame {missing} missing: the video ended before it "
-                f"(last frame read: {last}, {info.num_frames} counted by the probe)",
-            )
+    with contextlib.closing(results):
+        for (t0, t1), result in results:
+            if isinstance(result, BadFrame):
+                yield Dropped(source.id, t0, t1, stage="decode", reason=str(result))
+            else:
+                yield _make_pair(source.id, t0, t1, *result, config, crop)

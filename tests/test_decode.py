@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cmpdata import decode
 from cmpdata.decode import (
     PairConfig,
     _decord_reason,
@@ -163,18 +164,42 @@ def test_frame_folder_gives_rgb(tmp_path: Path) -> None:
     assert frame[0, 0].tolist() == [255, 0, 0]
 
 
-def test_frame_folder_with_broken_or_odd_images(tmp_path: Path) -> None:
-    for t in range(4):
-        cv2.imwrite(str(tmp_path / f"{t}.png"), index_frame(t, H, W))
-    (tmp_path / "2.png").write_bytes(b"\x89PNG broken")
-    cv2.imwrite(str(tmp_path / "3.png"), index_frame(3, H + 2, W))
-    (source,) = find_sources([tmp_path])
+@pytest.fixture
+def odd_folder(tmp_path: Path) -> Path:
+    """12 index frames; 4.png is not an image, 7.png is 2 px taller than the others."""
+    for t in range(12):
+        cv2.imwrite(str(tmp_path / f"{t}.png"), index_frame(t, H + 2 * (t == 7), W))
+    (tmp_path / "4.png").write_bytes(b"\x89PNG broken")
+    return tmp_path
+
+
+def test_read_frames_stops_at_a_broken_or_odd_image(odd_folder: Path) -> None:
+    (source,) = find_sources([odd_folder])
     with pytest.raises(DecodeError) as error:
-        list(read_frames(source, [0, 2]))
-    assert_names(error, tmp_path / "2.png", "cannot read the image")
+        list(read_frames(source, [0, 4]))
+    assert_names(error, odd_folder / "4.png", "cannot read the image")
     with pytest.raises(DecodeError) as error:
-        list(read_frames(source, [0, 3]))
-    assert_names(error, tmp_path, "frame 3 (3.png) is 80x66, the source is 80x64")
+        list(read_frames(source, [0, 7]))
+    assert_names(error, odd_folder / "7.png", "frame 7 is 80x66, the source is 80x64")
+
+
+def test_a_bad_frame_drops_only_the_pairs_using_it(odd_folder: Path) -> None:
+    (source,) = find_sources([odd_folder])
+    config = PairConfig(gap=3, stride=1, short_side=None, min_side=32)
+    items = list(iter_pairs(source, config))
+    dropped = {(d.t0, d.t1): d.reason for d in items if isinstance(d, Dropped)}
+    assert dropped == {
+        (1, 4): f"{odd_folder / '4.png'}: cannot read the image",
+        (4, 7): f"{odd_folder / '4.png'}: cannot read the image",
+        (7, 10): f"{odd_folder / '7.png'}: frame 7 is 80x66, the source is 80x64",
+    }
+    pairs = [(p.t0, p.t1) for p in items if isinstance(p, FramePair)]
+    assert pairs == [(t, t + 3) for t in range(9) if t not in (1, 4, 7)]
+    assert all(
+        (read_index(p.frame0), read_index(p.frame1)) == (p.t0, p.t1)
+        for p in items
+        if isinstance(p, FramePair)
+    )
 
 
 def test_bad_arguments(clips) -> None:
@@ -309,10 +334,49 @@ def test_truncated_video_drops_the_missing_pairs(half_mp4: Path) -> None:
     for d in dropped:
         assert d.stage == "decode" and d.source_id == "half.mp4"
         assert re.fullmatch(
-            rf"frame ({d.t0}|{d.t1}) missing: the video ended before it "
+            rf"{half_mp4}: frame ({d.t0}|{d.t1}) missing: the video ended before it "
             rf"\(last frame read: \d+, {info.num_frames} counted by the probe\)",
             d.reason,
         ), d.reason
+
+
+def test_a_pair_never_mixes_frames_of_two_decoders(clips, monkeypatch) -> None:
+    # A stand-in for decord that fails after frame 20, its frames recognisably not ffmpeg's.
+    def failing_decord(path, indices, timeout, size):
+        for index in indices:
+            if index > 20:
+                raise DecodeError(path, "decord: simulated failure")
+            yield index, np.full((size[1], size[0], 3), 7, np.uint8)
+
+    monkeypatch.setitem(decode._READERS, "decord", failing_decord)
+    config = PairConfig(gap=3, stride=10, short_side=None, decoder="auto")
+    items = list(iter_pairs(source_of(clips["mp4"]), config, info=probe_info()))
+    assert all(isinstance(p, FramePair) for p in items)
+    assert [(p.t0, p.t1) for p in items] == pair_indices(NUM_FRAMES, 3, 10)
+    # (20, 23) had its first frame from decord when decord failed: ffmpeg re-read it whole.
+    fake = [(p.t0, p.t1) for p in items if (p.frame0 == 7).all() and (p.frame1 == 7).all()]
+    assert fake == [(0, 3), (10, 13)]
+    for p in items[2:]:
+        assert (read_index(p.frame0), read_index(p.frame1)) == (p.t0, p.t1)
+
+
+def test_a_bad_video_frame_drops_only_its_pairs(clips, monkeypatch) -> None:
+    # A decoder that gives one frame of another size, then goes on.
+    def odd_decord(path, indices, timeout, size):
+        for index, frame in decode._read_ffmpeg(path, indices, timeout, size):
+            yield index, frame[:-2] if index == 13 else frame
+
+    monkeypatch.setitem(decode._READERS, "decord", odd_decord)
+    config = PairConfig(gap=3, stride=10, short_side=None, decoder="decord")
+    items = list(iter_pairs(source_of(clips["mp4"]), config, info=probe_info()))
+    assert [(x.t0, x.t1, type(x).__name__) for x in items] == [
+        (0, 3, "FramePair"),
+        (10, 13, "Dropped"),
+        (20, 23, "FramePair"),
+        (30, 33, "FramePair"),
+        (40, 43, "FramePair"),
+    ]
+    assert items[1].reason == f"{clips['mp4']}: frame 13 is 80x62, the source is 80x64"
 
 
 def test_moov_less_half_mp4_is_a_decode_error(clips, tmp_path: Path) -> None:
