@@ -23,6 +23,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import select
 import struct
 import subprocess
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from cmpdata.errors import DecodeError, DecodeTimeout, SourceError
 from cmpdata.media import ffmpeg_exe
@@ -428,6 +430,33 @@ _READERS: dict[str, _Reader] = {"decord": _read_decord, "ffmpeg": _read_ffmpeg}
 _Group = tuple[int, ...]
 
 
+def _read_image(file: Path) -> np.ndarray | str:
+    """An image file as RGB uint8 ``(H, W, 3)``, or the reason it cannot be used.
+
+    A JPEG (known by its content, whatever the suffix) is decoded by simplejpeg with
+    ``strict=True``, which turns libjpeg's warnings into errors: a truncated file
+    ("Premature end of JPEG file") or damaged entropy data ("Corrupt JPEG data: bad Huffman
+    code") is refused, where OpenCV prints the warning and returns a frame with grey or
+    garbled rows. Damage that still decodes to valid codes cannot be seen. Other images go
+    through OpenCV, whose libpng already refuses truncated files and chunks with a bad CRC.
+    """
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        return f"cannot read the image ({exc.strerror})"
+    if data.startswith(b"\xff\xd8"):
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        except ValueError as exc:
+            # "tjDecompress2(): Premature end of JPEG file": the cause without the call.
+            cause = re.sub(r"^\w+\(\): ", "", str(exc))
+            return f"damaged JPEG: {clip_text(cause, MAX_REASON)}"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return "cannot read the image"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def _read_folder(
     source: Source, indices: Sequence[int]
 ) -> Iterator[tuple[int, np.ndarray | BadFrame]]:
@@ -435,11 +464,8 @@ def _read_folder(
         if index >= len(source.frames):
             return
         file = Path(source.path) / source.frames[index]
-        image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if image is None:
-            yield index, BadFrame(index, file, "cannot read the image")
-        else:
-            yield index, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = _read_image(file)
+        yield index, BadFrame(index, file, image) if isinstance(image, str) else image
 
 
 def _decoders(source: Source, decoder: str, info: VideoInfo) -> tuple[str, ...]:

@@ -202,6 +202,34 @@ def test_a_bad_frame_drops_only_the_pairs_using_it(odd_folder: Path) -> None:
     )
 
 
+def damage(path: Path, flip: bool = False, keep: float = 1.0) -> None:
+    """Flip bytes in the middle of a JPEG's entropy-coded data, or keep only its first part."""
+    data = bytearray(path.read_bytes())
+    if flip:
+        scan = data.index(b"\xff\xda") + 20
+        for at in range(scan + (len(data) - scan) // 3, len(data) - 10, 7):
+            data[at] ^= 0x5A
+    path.write_bytes(bytes(data[: int(len(data) * keep)]))
+
+
+def test_damaged_jpegs_drop_their_pairs(tmp_path: Path) -> None:
+    for t in range(8):
+        cv2.imwrite(str(tmp_path / f"{t}.jpg"), index_frame(t, H, W))
+    damage(tmp_path / "2.jpg", flip=True)
+    damage(tmp_path / "5.jpg", keep=0.8)  # no end-of-image marker
+    (source,) = find_sources([tmp_path])
+    items = list(iter_pairs(source, PairConfig(gap=1, stride=1, short_side=None, min_side=32)))
+    dropped = {(d.t0, d.t1): d.reason for d in items if isinstance(d, Dropped)}
+    corrupt = f"{tmp_path / '2.jpg'}: damaged JPEG: Corrupt JPEG data"
+    truncated = f"{tmp_path / '5.jpg'}: damaged JPEG: Premature end of JPEG file"
+    assert sorted(dropped) == [(1, 2), (2, 3), (4, 5), (5, 6)]
+    assert all(dropped[pair].startswith(corrupt) for pair in [(1, 2), (2, 3)]), dropped
+    assert dropped[(4, 5)] == dropped[(5, 6)] == truncated
+    pairs = [p for p in items if isinstance(p, FramePair)]
+    assert [(p.t0, p.t1) for p in pairs] == [(0, 1), (3, 4), (6, 7)]
+    assert all((read_index(p.frame0), read_index(p.frame1)) == (p.t0, p.t1) for p in pairs)
+
+
 def test_bad_arguments(clips) -> None:
     source = source_of(clips["mp4"])
     with pytest.raises(ValueError, match="unknown decoder 'pyav'"):
