@@ -60,12 +60,19 @@ def _is_image(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
+def _is_frame(entry: os.DirEntry[str]) -> bool:
+    """Whether a folder entry counts as a frame: a visible, image-named non-directory."""
+    if entry.name.startswith(".") or not _is_image(entry.name):
+        return False
+    try:
+        return not entry.is_dir()
+    except OSError:
+        # A symbolic link loop: kept, so that reading it drops its pairs with the reason.
+        return True
+
+
 def _frame_names(folder: Path) -> tuple[str, ...]:
-    names = [
-        entry.name
-        for entry in os.scandir(folder)
-        if entry.is_file() and not entry.name.startswith(".") and _is_image(entry.name)
-    ]
+    names = [entry.name for entry in os.scandir(folder) if _is_frame(entry)]
     return tuple(sorted(names, key=natural_key))
 
 
@@ -126,7 +133,7 @@ def _expand(entry: str) -> list[Source]:
         return found
     if path.is_file():
         return [_from_file(path, path.name)]
-    raise SourceError(path, "no such file or directory")
+    raise SourceError(path, _why_unusable(path) or "no such file or directory")
 
 
 def _expand_list(list_file: Path) -> list[Source]:
@@ -147,11 +154,30 @@ def _expand_list(list_file: Path) -> list[Source]:
     return found
 
 
+def _why_unusable(path: Path) -> str | None:
+    """Why a path cannot be opened for reading ("no such file or directory", "a broken
+    symbolic link", "Too many levels of symbolic links", "Permission denied"...), or None."""
+    # stat, not open: opening a named pipe would wait for a writer.
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "a broken symbolic link" if path.is_symlink() else "no such file or directory"
+    except OSError as exc:
+        return f"cannot open: {exc.strerror}"
+    return None if os.access(path, os.R_OK) else "cannot open: Permission denied"
+
+
 def find_sources(inputs: Sequence[str | Path]) -> list[Source]:
     """All sources named by ``inputs`` (paths, directories, patterns, ``@lists``), by id.
 
-    Raises :class:`SourceError` for a missing path, an input that finds nothing, a single
-    file of an unsupported type, or two different files that would share one id.
+    Entries found in a directory or by a pattern are listed even when they cannot be read
+    (a symbolic link loop, a broken link, no permission): :func:`probe` refuses such a video
+    with the reason, like any bad source, and in a frame folder such a frame drops the pairs
+    that use it.
+
+    Raises :class:`SourceError` for a missing or unreadable path given directly, an input
+    that finds nothing, a single file of an unsupported type, or two different files that
+    would share one id.
     """
     if isinstance(inputs, (str, os.PathLike)):
         raise ValueError(f"find_sources takes a list of inputs, got the single input {inputs!r}")
@@ -159,7 +185,8 @@ def find_sources(inputs: Sequence[str | Path]) -> list[Source]:
     seen: set[Path] = set()
     for entry in inputs:
         for source in _expand(str(entry)):
-            real = source.path.resolve()
+            # realpath, not resolve(): it does not raise on a symbolic link loop.
+            real = Path(os.path.realpath(source.path))
             if real in seen:
                 continue
             seen.add(real)
@@ -256,8 +283,8 @@ def _decord_count(path: Path, timeout: float) -> int | None:
 
 
 def _probe_video(path: Path, timeout: float) -> VideoInfo:
-    if not path.exists():
-        raise SourceError(path, "no such file or directory")
+    if why := _why_unusable(path):
+        raise SourceError(path, why)
     if path.is_file() and path.stat().st_size == 0:
         raise DecodeError(path, "empty file")
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)]
@@ -367,6 +394,8 @@ def probe(source: Source, timeout: float = 30.0) -> VideoInfo:
     if not source.frames:
         raise SourceError(source.path, "no frames in the folder")
     first = Path(source.path) / source.frames[0]
+    if why := _why_unusable(first):
+        raise DecodeError(first, why)
     image = cv2.imread(str(first), cv2.IMREAD_COLOR)
     if image is None:
         raise DecodeError(first, "cannot read the image")

@@ -14,10 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
+from cmpdata.config import ExtractConfig
+from cmpdata.decode import PairConfig, iter_pairs
 from cmpdata.errors import CmpDataError, DecodeError, SourceError
 from cmpdata.indexclip import index_frame, write_index_video
 from cmpdata.media import ffmpeg_exe, write_video
-from cmpdata.records import Source, VideoInfo
+from cmpdata.plan import plan_dataset
+from cmpdata.records import Dropped, Source, VideoInfo
 from cmpdata.sources import MIN_FRAME_BYTES, check_source_size, find_sources, natural_key, probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,3 +340,53 @@ def test_planning_memory_is_bounded_by_the_files(lying, tmp_path: Path) -> None:
     assert honest["samples"] == liar["samples"] == 5
     assert honest["notes"] == {"clip.mkv": None} and "counted 50" in liar["notes"]["clip.mkv"]
     assert liar["peak"] - honest["peak"] < 20, results
+
+
+# Entries that cannot be read --------------------------------------------------------------------
+
+
+def test_symlink_loops_and_broken_links_are_sources_that_probe_refuses(tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    root.mkdir()
+    write_index_video(root / "good.mp4", 8, height=64, width=80)
+    (root / "a.mp4").symlink_to("b.mp4")
+    (root / "b.mp4").symlink_to("a.mp4")
+    (root / "gone.mkv").symlink_to("nowhere.mkv")
+    shots = root / "shots"
+    shots.mkdir()
+    for t in range(6):
+        cv2.imwrite(str(shots / f"{t}.png"), index_frame(t, 64, 80))
+    (shots / "3.png").unlink()
+    (shots / "3.png").symlink_to("3.png")
+    sources = find_sources([root])
+    assert ids(sources) == ["a.mp4", "b.mp4", "gone.mkv", "good.mp4", "shots"]
+    assert sources[-1].frames == tuple(f"{t}.png" for t in range(6))
+    reasons = {}
+    for source in sources[:3]:
+        with pytest.raises(SourceError) as error:
+            probe(source)
+        reasons[source.id] = str(error.value)
+    assert reasons == {
+        "a.mp4": f"{root / 'a.mp4'}: cannot open: Too many levels of symbolic links",
+        "b.mp4": f"{root / 'b.mp4'}: cannot open: Too many levels of symbolic links",
+        "gone.mkv": f"{root / 'gone.mkv'}: a broken symbolic link",
+    }
+    plan = plan_dataset(sources, ExtractConfig(pairs=PairConfig(gap=1, stride=1)), {},
+                        progress=False)  # fmt: skip
+    assert sorted(plan.sources) == ["good.mp4", "shots"]
+    assert {d.source_id: d.reason for d in plan.skipped} == reasons
+    # In a frame folder the loop is one bad frame: only the pairs using it are lost.
+    items = list(iter_pairs(sources[-1], PairConfig(gap=1, stride=1, short_side=None)))
+    dropped = {(d.t0, d.t1): d.reason for d in items if isinstance(d, Dropped)}
+    loop = f"{shots / '3.png'}: cannot read the image (Too many levels of symbolic links)"
+    assert dropped == {(2, 3): loop, (3, 4): loop}
+    assert len(items) == 5
+
+
+def test_a_symlink_loop_given_directly_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "x.mp4").symlink_to("x.mp4")
+    with pytest.raises(SourceError) as error:
+        find_sources([tmp_path / "x.mp4"])
+    assert (
+        str(error.value) == f"{tmp_path / 'x.mp4'}: cannot open: Too many levels of symbolic links"
+    )
