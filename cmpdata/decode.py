@@ -62,7 +62,7 @@ class PairConfig:
     short_side: int | None = 416  # resize so the short side has this many px; None keeps size
     min_side: int = 64  # sources with a shorter short side (px) are refused
     timeout: float = 30.0  # seconds without a decoded frame before decoding is abandoned
-    decoder: str = "auto"  # "decord", "ffmpeg", or "auto": decord, then ffmpeg if it fails
+    decoder: str = "auto"  # "decord", "ffmpeg", or "auto": the probe's choice (VideoInfo.decoder)
 
     def __post_init__(self) -> None:
         for name in ("gap", "stride", "min_side"):
@@ -469,10 +469,16 @@ def _read_folder(
 
 
 def _decoders(source: Source, decoder: str, info: VideoInfo) -> tuple[str, ...]:
-    """The decoders to try in turn; each one after the first re-reads what is left."""
+    """The decoders to try in turn; each one after the first re-reads what is left.
+
+    ``"auto"`` follows the probe's choice: ffmpeg alone where decord's RGB would differ,
+    decord then ffmpeg where they agree (or when no probe chose).
+    """
     if source.kind == "frames":
         return ("frames",)
-    return ("decord", "ffmpeg") if decoder == "auto" else (decoder,)
+    if decoder != "auto":
+        return (decoder,)
+    return ("ffmpeg",) if info.decoder == "ffmpeg" else ("decord", "ffmpeg")
 
 
 def _frames_from(
@@ -569,8 +575,9 @@ def read_frames(
     """Yield ``(index, frame)`` for the wanted frame indices, ascending, each once, streamed.
 
     Frames are RGB uint8 ``(H, W, 3)``, upright (display rotation applied), of the size in
-    ``info`` (probed when None), all from one decoder (``"auto"``: decord, then ffmpeg for
-    the frames still wanted if decord fails). Frame folders ignore ``decoder`` and
+    ``info`` (probed when None), each from one decoder (``"auto"``: the one the probe chose,
+    ``info.decoder``; when that is decord and it fails, ffmpeg reads the frames still wanted:
+    the two agree on such sources). Frame folders ignore ``decoder`` and
     ``timeout``. When the stream ends before some index, the iteration just stops: the
     caller sees which indices never came.
 

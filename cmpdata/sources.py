@@ -209,6 +209,39 @@ _ROTATE_TAG = re.compile(r"^\s*rotate\s*:\s*(-?\d+(?:\.\d+)?)\s*$")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 
 
+def _fields(line: str) -> list[str]:
+    """The comma-separated fields of a stream line, commas in brackets not splitting."""
+    fields, depth, start = [], 0, 0
+    for i, char in enumerate(line):
+        depth += (char in "([") - (char in ")]")
+        if char == "," and depth == 0:
+            fields.append(line[start:i].strip())
+            start = i + 1
+    return [*fields, line[start:].strip()]
+
+
+def _pixel_format(line: str) -> str | None:
+    """The pixel format in a video stream line (``yuv420p10le``...), None if not given."""
+    fields = _fields(line)
+    match = re.match(r"[a-z][a-z0-9_]*", fields[1]) if len(fields) > 1 else None
+    return match.group() if match and not _SIZE.search(fields[1]) else None
+
+
+#: Pixel formats whose RGB is the same from decord 0.6 as from ffmpeg (measured, max
+#: |difference| 0: H.264, VP9, HEVC, MPEG-4 and FFV1 in yuv420p, H.264 in yuvj420p, H.264
+#: and FFV1 in yuv422p and yuv444p, all at even sizes). The others differ (up to 9-13
+#: levels for 10-bit HEVC, VP9, H.264 and FFV1 4:2:0; 10 for 4:2:0 VP9 of an odd size):
+#: their frames, and the flow on them, would depend on which decoder ran.
+DECORD_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuv444p"})
+
+
+def _auto_decoder(pixel_format: str | None, width: int, height: int, decord_opens: bool) -> str:
+    """The one decoder ``decoder="auto"`` uses for a video: decord where it opens the file
+    and gives ffmpeg's RGB (:data:`DECORD_FORMATS` at an even coded size), else ffmpeg."""
+    same_rgb = pixel_format in DECORD_FORMATS and width % 2 == 0 and height % 2 == 0
+    return "decord" if decord_opens and same_rgb else "ffmpeg"
+
+
 def _video_block(stderr: str) -> tuple[str, list[str]] | None:
     """The first real video stream's line in ``ffmpeg -i`` output and the lines under it."""
     lines = stderr.splitlines()
@@ -308,16 +341,17 @@ def _probe_video(path: Path, timeout: float) -> VideoInfo:
     fps = None
     if m := _FPS.search(line):
         fps = float(m.group(1)) * (1000 if m.group(2) else 1)
-    rotation = _rotation(block)
-    if rotation in (90, 270):
-        width, height = height, width
     claimed = _decord_count(path, timeout)
+    decoder = _auto_decoder(_pixel_format(line), width, height, claimed is not None)
     if claimed is None and fps is not None and (duration := _DURATION.search(stderr)):
         # decord could not index the file; the container's duration is the next best guess.
         hours, minutes, seconds = duration.groups()
         claimed = round((int(hours) * 3600 + int(minutes) * 60 + float(seconds)) * fps)
     num_frames, note = _checked_count(path, claimed, timeout)
-    return VideoInfo(width, height, num_frames, fps, rotation, note=note)
+    rotation = _rotation(block)
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(width, height, num_frames, fps, rotation, note=note, decoder=decoder)
 
 
 #: The fewest bytes a frame takes in a video file, for telling a header's frame count from a
@@ -377,7 +411,10 @@ def probe(source: Source, timeout: float = 30.0) -> VideoInfo:
     """Display size, frame count, frame rate and rotation of a source, without decoding it all.
 
     Frame folders: the size of the first image, one frame per file, no fps. Video files:
-    size, fps and rotation are parsed from ``ffmpeg -i``; the frame count is decord's (from
+    size, fps, rotation and pixel format are parsed from ``ffmpeg -i``; the decoder that
+    ``decoder="auto"`` will use is chosen from them (``VideoInfo.decoder``, see
+    :data:`DECORD_FORMATS`): one per source, so its frames do not depend on which decoder
+    happens to work on a machine. The frame count is decord's (from
     the container's index, in a child process that is killed after ``timeout`` seconds), or
     duration x fps if decord cannot open the file. A count larger than the file can hold
     (:data:`MIN_FRAME_BYTES` a frame) is replaced by a count of the packets, and

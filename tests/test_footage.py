@@ -82,6 +82,47 @@ def test_the_probed_count_is_what_decodes(footage: dict[str, Path], name: str, d
     assert all(frame.shape == (info.height, info.width, 3) for _, frame in got)
 
 
+#: The decoder "auto" must choose: decord only where its RGB is ffmpeg's.
+DECORD = ["h264", "portrait", "rotated90", "rotated180", "rotated270", "vfr", "vp9", "long"]
+AUTO = {name: "ffmpeg" for name in VIDEOS} | dict.fromkeys([*DECORD, "anamorphic"], "decord")
+
+
+@pytest.mark.parametrize("name", VIDEOS)
+def test_auto_picks_one_decoder_per_source(footage: dict[str, Path], name: str) -> None:
+    assert probe(only_source(footage[name])).decoder == AUTO[name]
+
+
+@pytest.mark.parametrize("name", ["h264", "vp9"])
+def test_decord_gives_ffmpegs_rgb_where_auto_picks_it(footage: dict[str, Path], name) -> None:
+    # 8-bit 4:2:0 H.264 and VP9: the same frames whichever decoder runs, so falling back
+    # from decord to ffmpeg changes nothing.
+    source = only_source(footage[name])
+    frames = range(probe(source).num_frames)
+    by_decoder = [list(read_frames(source, frames, decoder=d)) for d in ("decord", "ffmpeg")]
+    assert len(by_decoder[0]) == len(by_decoder[1]) == len(frames)
+    for (t, a), (u, b) in zip(*by_decoder, strict=True):
+        assert t == u and np.array_equal(a, b), t
+
+
+@pytest.mark.parametrize("name", ["hevc_10bit", "vp9_10bit", "odd_size"])
+def test_auto_stores_what_its_recorded_decoder_gives(footage: dict[str, Path], name) -> None:
+    source = only_source(footage[name])
+    info = probe(source)
+    assert info.decoder == "ffmpeg"
+
+    def frames(decoder: str) -> list[np.ndarray]:
+        config = PairConfig(gap=3, stride=5, short_side=None, decoder=decoder)
+        pairs = list(iter_pairs(source, config, info=info))
+        assert all(isinstance(p, FramePair) for p in pairs) and len(pairs) == 5
+        return [frame for p in pairs for frame in (p.frame0, p.frame1)]
+
+    auto = frames("auto")
+    assert all(np.array_equal(a, b) for a, b in zip(auto, frames("auto"), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(auto, frames("ffmpeg"), strict=True))
+    # Why: decord converts these formats to RGB differently.
+    assert any(not np.array_equal(a, b) for a, b in zip(auto, frames("decord"), strict=True))
+
+
 @pytest.mark.parametrize("decoder", ["decord", "ffmpeg"])
 def test_variable_frame_rate_keeps_every_frame(footage: dict[str, Path], decoder: str) -> None:
     # The vfr clip is the same 2 s of bikes as h264 with irregular frame times: frame t of

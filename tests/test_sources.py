@@ -21,7 +21,14 @@ from cmpdata.indexclip import index_frame, write_index_video
 from cmpdata.media import ffmpeg_exe, write_video
 from cmpdata.plan import plan_dataset
 from cmpdata.records import Dropped, Source, VideoInfo
-from cmpdata.sources import MIN_FRAME_BYTES, check_source_size, find_sources, natural_key, probe
+from cmpdata.sources import (
+    MIN_FRAME_BYTES,
+    _pixel_format,
+    check_source_size,
+    find_sources,
+    natural_key,
+    probe,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,7 +189,7 @@ def video_source(path: Path) -> Source:
 
 def test_probe_video(tmp_path: Path) -> None:
     path = write_index_video(tmp_path / "clip.mp4", 20, height=64, width=80, fps=12)
-    assert probe(video_source(path)) == VideoInfo(80, 64, 20, 12.0, 0)
+    assert probe(video_source(path)) == VideoInfo(80, 64, 20, 12.0, 0, decoder="decord")
 
 
 def test_probe_rotated_video(tmp_path: Path) -> None:
@@ -208,6 +215,21 @@ def test_probe_unreadable_first_image(tmp_path: Path) -> None:
     with pytest.raises(DecodeError) as error:
         probe(source)
     assert_names(error, tmp_path / "0.jpg", "cannot read the image")
+
+
+def test_pixel_formats_of_stream_lines() -> None:
+    lines = {
+        "h264 (High) (avc1 / 0x31637661), yuv420p(progressive), 640x272 [SAR 1:1 DAR 40:17]": (
+            "yuv420p"
+        ),
+        "hevc (Main 10) (hvc1 / 0x31637668), yuv420p10le(tv, progressive), 320x136, 25 fps": (
+            "yuv420p10le"
+        ),
+        "ffv1, bgr0(pc, gbr/unknown/unknown, progressive), 320x136, SAR 1:1 DAR 40:17": "bgr0",
+        "rawvideo, 320x136, 25 fps": None,
+        "h264": None,
+    }
+    assert {line: _pixel_format(line) for line in lines} == lines
 
 
 @pytest.mark.parametrize(
