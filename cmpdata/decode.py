@@ -386,9 +386,12 @@ def _read_ffmpeg(
     yielded = 0
     with tempfile.TemporaryDirectory(prefix="cmp-ffmpeg-") as scratch:
         # The filter goes in a file: a long index list would overflow the command line.
-        # showinfo logs every decoded frame (the heartbeat); select passes only wanted ones.
+        # showinfo logs every decoded frame (the heartbeat); select passes only wanted ones;
+        # scale brings them to the display size: square pixels for anamorphic video (the
+        # display rotation is applied before, by ffmpeg itself), a no-op for the others.
         script = Path(scratch) / "filter.txt"
-        script.write_text(f"showinfo=checksum=0,select='{_select_expression(indices)}'")
+        select = f"select='{_select_expression(indices)}'"
+        script.write_text(f"showinfo=checksum=0,{select},scale={width}:{height},setsar=1")
         cmd = [
             ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info",
             "-i", str(path), "-map", "0:V:0", "-/vf", str(script),

@@ -71,9 +71,10 @@ def _ffmpeg(*args: str | float | Path) -> None:
 
 
 def _encode(out: Path, clip: Path, seconds: float, vf: str, codec: list[str]) -> None:
-    # Bit-exact flags keep version strings out of the files: the same bytes on every machine
-    # with the same encoders.
-    _ffmpeg("-i", clip, "-t", seconds, "-vf", vf, "-an", *codec,
+    # setsar=1: scaling to a size of another aspect would otherwise make the pixels
+    # non-square to keep the picture's shape (333x187 out of 640x272: SAR 440:333). Bit-exact
+    # flags keep version strings out of the files.
+    _ffmpeg("-i", clip, "-t", seconds, "-vf", f"{vf},setsar=1", "-an", *codec,
             "-fflags", "+bitexact", "-flags:v", "+bitexact", out)  # fmt: skip
 
 

@@ -32,6 +32,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -204,6 +205,7 @@ def find_sources(inputs: Sequence[str | Path]) -> list[Source]:
 _STREAM = re.compile(r"^\s*Stream #\d+:\d+.*?: Video: (.*)$")
 _SIZE = re.compile(r"(?<![\w.])([1-9]\d*)x([1-9]\d*)(?!\w)")
 _FPS = re.compile(r"(\d+(?:\.\d+)?)(k?) (?:fps|tbr)")
+_SAR = re.compile(r"SAR (\d+):(\d+) DAR")
 _DISPLAY_MATRIX = re.compile(r"display ?matrix: rotation of (-?\d+(?:\.\d+)?) degrees", re.I)
 _ROTATE_TAG = re.compile(r"^\s*rotate\s*:\s*(-?\d+(?:\.\d+)?)\s*$")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -235,11 +237,19 @@ def _pixel_format(line: str) -> str | None:
 DECORD_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuv444p"})
 
 
-def _auto_decoder(pixel_format: str | None, width: int, height: int, decord_opens: bool) -> str:
-    """The one decoder ``decoder="auto"`` uses for a video: decord where it opens the file
-    and gives ffmpeg's RGB (:data:`DECORD_FORMATS` at an even coded size), else ffmpeg."""
-    same_rgb = pixel_format in DECORD_FORMATS and width % 2 == 0 and height % 2 == 0
-    return "decord" if decord_opens and same_rgb else "ffmpeg"
+def _auto_decoder(line: str, width: int, height: int, decord_opens: bool) -> str:
+    """The one decoder ``decoder="auto"`` uses for a video, from its stream line and coded
+    size: decord where it opens the file and gives ffmpeg's frames (square pixels, and one
+    of :data:`DECORD_FORMATS` at an even size), else ffmpeg."""
+    same_rgb = _pixel_format(line) in DECORD_FORMATS and width % 2 == 0 and height % 2 == 0
+    return "decord" if decord_opens and same_rgb and _sample_aspect(line) == 1 else "ffmpeg"
+
+
+def _sample_aspect(line: str) -> Fraction:
+    """The width of a pixel over its height (SAR) in a video stream line; 1 if not given."""
+    match = _SAR.search(line)
+    sar = Fraction(int(match.group(1)), int(match.group(2)) or 1) if match else Fraction(1)
+    return sar or Fraction(1)  # SAR 0:1 means "unknown"
 
 
 def _video_block(stderr: str) -> tuple[str, list[str]] | None:
@@ -342,7 +352,9 @@ def _probe_video(path: Path, timeout: float) -> VideoInfo:
     if m := _FPS.search(line):
         fps = float(m.group(1)) * (1000 if m.group(2) else 1)
     claimed = _decord_count(path, timeout)
-    decoder = _auto_decoder(_pixel_format(line), width, height, claimed is not None)
+    decoder = _auto_decoder(line, width, height, claimed is not None)
+    # Anamorphic video is shown, and stored, with square pixels: its width scaled by the SAR.
+    width = round(width * _sample_aspect(line))
     if claimed is None and fps is not None and (duration := _DURATION.search(stderr)):
         # decord could not index the file; the container's duration is the next best guess.
         hours, minutes, seconds = duration.groups()
@@ -409,6 +421,10 @@ def _checked_count(path: Path, claimed: int | None, timeout: float) -> tuple[int
 
 def probe(source: Source, timeout: float = 30.0) -> VideoInfo:
     """Display size, frame count, frame rate and rotation of a source, without decoding it all.
+
+    The display size is what players show: rotated as the container says, and for
+    anamorphic video (a sample aspect ratio other than 1:1) the width scaled by it, so that
+    pixels are square (carphone: 176x144 stored, SAR 128:117, 193x144 shown).
 
     Frame folders: the size of the first image, one frame per file, no fps. Video files:
     size, fps, rotation and pixel format are parsed from ``ffmpeg -i``; the decoder that
