@@ -1,8 +1,11 @@
 """Frame pairs out of a source: exact frame indices, resizing, and decoders that can be killed.
 
-Frame ``t`` of a video is the ``t``-th frame its decoder outputs (no frame-rate resampling),
-shown upright: ffmpeg and decord (0.6) both apply the container's display rotation, and
-:func:`read_frames` checks that each frame has the probed display size.
+Frame ``t`` of a video is the ``t``-th frame its decoder outputs (no frame-rate resampling,
+also for variable frame rates), as players show it: upright (ffmpeg and decord 0.6 both
+apply the container's display rotation, and give exactly the same turned pixels) and, for
+anamorphic video, with square pixels (ffmpeg scales to the probed display size; decord
+cannot, so ``"auto"`` uses ffmpeg there). A frame of another size than the probed one is a
+bad frame: the pairs using it are dropped.
 
 Decoders never run in this process. decord can spin forever (holding the GIL) on a file
 whose frame count is over-reported, so it runs in a fresh Python subprocess

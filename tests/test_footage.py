@@ -12,7 +12,7 @@ from cmpdata import footage as footage_module
 from cmpdata.config import ExtractConfig
 from cmpdata.decode import PairConfig, iter_pairs, pair_indices, read_frames
 from cmpdata.errors import DecodeError, SourceError
-from cmpdata.footage import LONG_FRAMES, make_inputs, sample_clips
+from cmpdata.footage import LONG_FRAMES, ROTATIONS, make_inputs, sample_clips
 from cmpdata.plan import plan_dataset
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
 from cmpdata.sources import find_sources, probe
@@ -125,6 +125,24 @@ def test_auto_stores_what_its_recorded_decoder_gives(footage: dict[str, Path], n
     assert all(np.array_equal(a, b) for a, b in zip(auto, frames("ffmpeg"), strict=True))
     # Why: decord converts these formats to RGB differently.
     assert any(not np.array_equal(a, b) for a, b in zip(auto, frames("decord"), strict=True))
+
+
+@pytest.mark.parametrize("decoder", ["decord", "ffmpeg"])
+@pytest.mark.parametrize("degrees", ROTATIONS)
+def test_rotated_phone_video_is_stored_upright(footage, degrees: int, decoder: str) -> None:
+    # Remuxed with -display_rotation (counter-clockwise, as np.rot90 turns): the stored
+    # frames are the plain clip's turned that way, exactly, from either decoder.
+    config = PairConfig(gap=3, stride=20, short_side=None, decoder=decoder)
+    plain = list(iter_pairs(only_source(footage["h264"]), config))
+    turned = list(iter_pairs(only_source(footage[f"rotated{degrees}"]), config))
+    assert (
+        [(p.t0, p.t1) for p in turned]
+        == [(p.t0, p.t1) for p in plain]
+        == [(0, 3), (20, 23), (40, 43)]
+    )
+    for p, q in zip(plain, turned, strict=True):
+        assert np.array_equal(np.rot90(p.frame0, degrees // 90), q.frame0)
+        assert np.array_equal(np.rot90(p.frame1, degrees // 90), q.frame1)
 
 
 def test_anamorphic_video_is_stored_at_its_display_aspect(footage: dict[str, Path]) -> None:
