@@ -534,19 +534,22 @@ def _read_groups(
         unsettled = set(pending)
         held: dict[int, np.ndarray] = {}
         last = -1
+        frames = _frames_from(name, source, sorted(users), timeout, info)
         try:
-            for index, frame in _frames_from(name, source, sorted(users), timeout, info):
-                last = index
-                for group in users[index]:
-                    if group in unsettled and (isinstance(frame, BadFrame) or index == group[-1]):
-                        unsettled.discard(group)
-                        if isinstance(frame, BadFrame):
-                            yield group, frame
-                        else:
-                            yield group, [*(held[t] for t in group[:-1]), frame]
-                if isinstance(frame, np.ndarray):
-                    held[index] = frame
-                held = {t: f for t, f in held.items() if not unsettled.isdisjoint(users[t])}
+            with contextlib.closing(frames):  # a consumer that stops stops the decoder at once
+                for index, frame in frames:
+                    last = index
+                    for group in users[index]:
+                        settles = isinstance(frame, BadFrame) or index == group[-1]
+                        if group in unsettled and settles:
+                            unsettled.discard(group)
+                            if isinstance(frame, BadFrame):
+                                yield group, frame
+                            else:
+                                yield group, [*(held[t] for t in group[:-1]), frame]
+                    if isinstance(frame, np.ndarray):
+                        held[index] = frame
+                    held = {t: f for t, f in held.items() if not unsettled.isdisjoint(users[t])}
         except DecodeTimeout:
             raise
         except DecodeError as error:

@@ -400,16 +400,15 @@ def _checked_count(path: Path, claimed: int | None, timeout: float) -> tuple[int
     that does not finish within ``timeout`` seconds, the count is capped at what the file
     can hold. Raises :class:`DecodeTimeout` when there is no claim and demuxing times out.
     """
-    size = path.stat().st_size if path.is_file() else None
-    most = None if size is None else size // MIN_FRAME_BYTES
-    if claimed is not None and (most is None or claimed <= most):
+    size = path.stat().st_size if path.is_file() else None  # None: a pipe, of unknown size
+    if claimed is not None and (size is None or claimed <= size // MIN_FRAME_BYTES):
         return claimed, None
     counted = _demux_count(path, timeout)
-    if claimed is None:
+    if claimed is None or size is None:
         if counted is None:
             raise DecodeTimeout(path, f"cannot count frames: demuxing took over {timeout:g} s")
         return counted, None
-    assert size is not None and most is not None
+    most = size // MIN_FRAME_BYTES
     lie = (
         f"header claims {claimed} frames, more than {size} bytes can hold "
         f"(>= {MIN_FRAME_BYTES} bytes a frame)"
