@@ -1,8 +1,11 @@
 """Frame pairs out of a source: exact frame indices, resizing, and decoders that can be killed.
 
-Frame ``t`` of a video is the ``t``-th frame its decoder outputs (no frame-rate resampling),
-shown upright: ffmpeg and decord (0.6) both apply the container's display rotation, and
-:func:`read_frames` checks that each frame has the probed display size.
+Frame ``t`` of a video is the ``t``-th frame its decoder outputs (no frame-rate resampling,
+also for variable frame rates), as players show it: upright (ffmpeg and decord 0.6 both
+apply the container's display rotation, and give exactly the same turned pixels) and, for
+anamorphic video, with square pixels (ffmpeg scales to the probed display size; decord
+cannot, so ``"auto"`` uses ffmpeg there). A frame of another size than the probed one is a
+bad frame: the pairs using it are dropped.
 
 Decoders never run in this process. decord can spin forever (holding the GIL) on a file
 whose frame count is over-reported, so it runs in a fresh Python subprocess
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
+import re
 import select
 import struct
 import subprocess
@@ -35,13 +40,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from cmpdata.errors import ConfigError, DecodeError, DecodeTimeout, SourceError
 from cmpdata.media import ffmpeg_exe
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.sources import check_source_size, ffmpeg_complaint, probe
+from cmpdata.sources import MAX_REASON, check_source_size, clip_text, ffmpeg_complaint, probe
 
 DECODERS = ("auto", "decord", "ffmpeg")
+
+_log = logging.getLogger(__name__)
 
 #: ``crop(frame0, frame1) -> (x0, y0, x1, y1)``: the box to keep from both frames of a pair.
 CropFn = Callable[[np.ndarray, np.ndarray], tuple[int, int, int, int]]
@@ -57,7 +65,7 @@ class PairConfig:
     short_side: int | None = 416  # resize so the short side has this many px; None keeps size
     min_side: int = 64  # sources with a shorter short side (px) are refused
     timeout: float = 30.0  # seconds without a decoded frame before decoding is abandoned
-    decoder: str = "auto"  # "decord", "ffmpeg", or "auto": decord, then ffmpeg if it fails
+    decoder: str = "auto"  # "decord", "ffmpeg", or "auto": the probe's choice (VideoInfo.decoder)
 
     def __post_init__(self) -> None:
         for name in ("gap", "stride", "min_side"):
@@ -189,6 +197,8 @@ class _Decoder:
                 stream.close()
 
     def complaint(self) -> str:
+        """The causes in the last log lines, short; the lines themselves go to the log."""
+        _log.debug("%s: last lines of %s:\n%s", self.path, self.name, "\n".join(self.tail))
         return ffmpeg_complaint(self.tail)
 
     def __enter__(self) -> _Decoder:
@@ -261,10 +271,12 @@ def _decord_main() -> None:
 
 
 def _decord_reason(exc: BaseException) -> str:
-    """decord's message without its timestamp and C++ source location."""
+    """decord's message without its timestamp and C++ source location, cut to
+    :data:`MAX_REASON` characters."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
     text = lines[-1] if lines else type(exc).__name__
-    return text.split(": ", 1)[1] if text.startswith("[") and ": " in text else text
+    text = text.split(": ", 1)[1] if text.startswith("[") and ": " in text else text
+    return clip_text(text, MAX_REASON)
 
 
 def _decord_messages(
@@ -336,18 +348,38 @@ def _read_decord(
 # ffmpeg -----------------------------------------------------------------------------------------
 
 
+def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive numbers in ``indices`` (sorted, distinct), as ``(first, last)``."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
+
+
 def _select_expression(indices: Sequence[int]) -> str:
-    """An ffmpeg ``select`` expression true exactly for frame numbers in ``indices`` (sorted)."""
-    terms = []
-    start = previous = indices[0]
-    for index in [*indices[1:], None]:
-        if index is not None and index == previous + 1:
-            previous = index
-            continue
-        terms.append(f"eq(n,{start})" if start == previous else f"between(n,{start},{previous})")
-        if index is not None:
-            start = previous = index
-    return "+".join(terms)
+    """An ffmpeg ``select`` expression true exactly for frame numbers in ``indices`` (sorted,
+    distinct, at least one).
+
+    libavutil's expression parser limits the nesting depth, not the length: with ffmpeg 9.0.2
+    a sum of 100 ``eq()`` terms parses and one of 101 does not (a sum nests one level a
+    term), 400 terms as 20 sums of 20 parse, 98 nested ``if()`` parse and 99 do not. So the
+    runs of wanted frames go into a balanced binary search tree, ``if(lt(n,K),LOW,HIGH)``
+    with ``eq``/``between`` leaves: its depth is ceil(log2(runs)), 11 for 2,000 runs, and
+    each decoded frame costs that many comparisons.
+    """
+    runs = _runs(indices)
+
+    def tree(low: int, high: int) -> str:
+        if high - low == 1:
+            first, last = runs[low]
+            return f"eq(n,{first})" if first == last else f"between(n,{first},{last})"
+        middle = (low + high) // 2
+        return f"if(lt(n,{runs[middle][0]}),{tree(low, middle)},{tree(middle, high)})"
+
+    return tree(0, len(runs))
 
 
 def _read_ffmpeg(
@@ -357,9 +389,12 @@ def _read_ffmpeg(
     yielded = 0
     with tempfile.TemporaryDirectory(prefix="cmp-ffmpeg-") as scratch:
         # The filter goes in a file: a long index list would overflow the command line.
-        # showinfo logs every decoded frame (the heartbeat); select passes only wanted ones.
+        # showinfo logs every decoded frame (the heartbeat); select passes only wanted ones;
+        # scale brings them to the display size: square pixels for anamorphic video (the
+        # display rotation is applied before, by ffmpeg itself), a no-op for the others.
         script = Path(scratch) / "filter.txt"
-        script.write_text(f"showinfo=checksum=0,select='{_select_expression(indices)}'")
+        select = f"select='{_select_expression(indices)}'"
+        script.write_text(f"showinfo=checksum=0,{select},scale={width}:{height},setsar=1")
         cmd = [
             ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info",
             "-i", str(path), "-map", "0:V:0", "-/vf", str(script),
@@ -381,46 +416,161 @@ def _read_ffmpeg(
 
 # The interface ---------------------------------------------------------------------------------
 
+
+@dataclass(frozen=True)
+class BadFrame:
+    """A wanted frame that cannot be used: unreadable, damaged, of the wrong size, or never
+    decoded (``missing``: the stream ended before it). Only the pairs using it are lost."""
+
+    index: int
+    path: Path  # the video, or the frame's own file in a frame folder
+    reason: str
+    missing: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
 _Reader = Callable[[Path, Sequence[int], float, tuple[int, int]], Iterator[tuple[int, np.ndarray]]]
+_READERS: dict[str, _Reader] = {"decord": _read_decord, "ffmpeg": _read_ffmpeg}
+_Group = tuple[int, ...]
 
 
-def _read_auto(
-    path: Path, indices: Sequence[int], timeout: float, size: tuple[int, int]
-) -> Iterator[tuple[int, np.ndarray]]:
-    """decord, then ffmpeg for the frames still wanted if decord fails (not if it hangs)."""
-    last = -1
+def _read_image(file: Path) -> np.ndarray | str:
+    """An image file as RGB uint8 ``(H, W, 3)``, or the reason it cannot be used.
+
+    A JPEG (known by its content, whatever the suffix) is decoded by simplejpeg with
+    ``strict=True``, which turns libjpeg's warnings into errors: a truncated file
+    ("Premature end of JPEG file") or damaged entropy data ("Corrupt JPEG data: bad Huffman
+    code") is refused, where OpenCV prints the warning and returns a frame with grey or
+    garbled rows. Damage that still decodes to valid codes cannot be seen. Other images go
+    through OpenCV, whose libpng already refuses truncated files and chunks with a bad CRC.
+    """
     try:
-        for index, frame in _read_decord(path, indices, timeout, size):
-            last = index
-            yield index, frame
-    except DecodeTimeout:
-        raise
-    except DecodeError as decord_error:
-        rest = [i for i in indices if i > last]
-        if not rest:
-            return
+        data = file.read_bytes()
+    except OSError as exc:
+        return f"cannot read the image ({exc.strerror})"
+    if data.startswith(b"\xff\xd8"):
         try:
-            yield from _read_ffmpeg(path, rest, timeout, size)
-        except DecodeTimeout:
-            raise
-        except DecodeError as ffmpeg_error:
-            raise DecodeError(
-                path, f"{ffmpeg_error.reason} (after decord failed: {decord_error.reason})"
-            ) from ffmpeg_error
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        except ValueError as exc:
+            # "tjDecompress2(): Premature end of JPEG file": the cause without the call.
+            cause = re.sub(r"^\w+\(\): ", "", str(exc))
+            return f"damaged JPEG: {clip_text(cause, MAX_REASON)}"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return "cannot read the image"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-_READERS: dict[str, _Reader] = {"auto": _read_auto, "decord": _read_decord, "ffmpeg": _read_ffmpeg}
-
-
-def _read_folder(source: Source, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _read_folder(
+    source: Source, indices: Sequence[int]
+) -> Iterator[tuple[int, np.ndarray | BadFrame]]:
     for index in indices:
         if index >= len(source.frames):
             return
         file = Path(source.path) / source.frames[index]
-        image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DecodeError(file, "cannot read the image")
-        yield index, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = _read_image(file)
+        yield index, BadFrame(index, file, image) if isinstance(image, str) else image
+
+
+def _decoders(source: Source, decoder: str, info: VideoInfo) -> tuple[str, ...]:
+    """The decoders to try in turn; each one after the first re-reads what is left.
+
+    ``"auto"`` follows the probe's choice: ffmpeg alone where decord's RGB would differ,
+    decord then ffmpeg where they agree (or when no probe chose).
+    """
+    if source.kind == "frames":
+        return ("frames",)
+    if decoder != "auto":
+        return (decoder,)
+    return ("ffmpeg",) if info.decoder == "ffmpeg" else ("decord", "ffmpeg")
+
+
+def _frames_from(
+    name: str, source: Source, wanted: Sequence[int], timeout: float, info: VideoInfo
+) -> Iterator[tuple[int, np.ndarray | BadFrame]]:
+    """The wanted frames from one decoder, ascending; a frame of the wrong size is bad."""
+    path = Path(source.path)
+    if name == "frames":
+        frames = _read_folder(source, wanted)
+    else:
+        frames = _READERS[name](path, wanted, timeout, (info.width, info.height))
+    with contextlib.closing(frames):
+        for index, frame in frames:
+            if isinstance(frame, np.ndarray) and frame.shape[:2] != (info.height, info.width):
+                where = path / source.frames[index] if source.kind == "frames" else path
+                frame = BadFrame(
+                    index,
+                    where,
+                    f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
+                    f"the source is {info.width}x{info.height}",
+                )
+            yield index, frame
+
+
+def _read_groups(
+    source: Source, groups: Sequence[_Group], decoder: str, timeout: float, info: VideoInfo
+) -> Iterator[tuple[_Group, list[np.ndarray] | BadFrame]]:
+    """Each group of frame indices (each group ascending) once, as soon as it is settled:
+    with its frames, all from one decoder, when its last frame is read; with the first bad
+    frame among them when that is read; or, after the stream has ended, with the first frame
+    that never came (``missing``).
+
+    Holds only frames that an unsettled group still needs. With ``decoder="auto"``, when
+    decord fails (not when it hangs) ffmpeg re-reads every group not yet settled, whole:
+    the frames of a pair never come from two decoders. Raises :class:`DecodeError` when the
+    last decoder fails (frames already yielded stay valid), :class:`DecodeTimeout` when one
+    hangs.
+    """
+    order = _decoders(source, decoder, info)
+    pending = list(dict.fromkeys(groups))
+    first_error = ""
+    for attempt, name in enumerate(order):
+        users: dict[int, list[_Group]] = collections.defaultdict(list)
+        for group in pending:
+            for index in group:
+                users[index].append(group)
+        unsettled = set(pending)
+        held: dict[int, np.ndarray] = {}
+        last = -1
+        frames = _frames_from(name, source, sorted(users), timeout, info)
+        try:
+            with contextlib.closing(frames):  # a consumer that stops stops the decoder at once
+                for index, frame in frames:
+                    last = index
+                    for group in users[index]:
+                        settles = isinstance(frame, BadFrame) or index == group[-1]
+                        if group in unsettled and settles:
+                            unsettled.discard(group)
+                            if isinstance(frame, BadFrame):
+                                yield group, frame
+                            else:
+                                yield group, [*(held[t] for t in group[:-1]), frame]
+                    if isinstance(frame, np.ndarray):
+                        held[index] = frame
+                    held = {t: f for t, f in held.items() if not unsettled.isdisjoint(users[t])}
+        except DecodeTimeout:
+            raise
+        except DecodeError as error:
+            if attempt + 1 == len(order):
+                reason = error.reason
+                if attempt:
+                    reason += f" (after {order[0]} failed: {first_error})"
+                raise DecodeError(error.path, reason) from error
+            first_error = error.reason
+            _log.info("%s: %s; %s re-reads what is left", source.path, error.reason, order[-1])
+            pending = [group for group in pending if group in unsettled]
+            continue
+        break
+    for group in pending:
+        if group in unsettled:
+            missing = next(t for t in group if t > last)
+            reason = (
+                f"frame {missing} missing: the video ended before it "
+                f"(last frame read: {last}, {info.num_frames} counted by the probe)"
+            )
+            yield group, BadFrame(missing, Path(source.path), reason, missing=True)
 
 
 def read_frames(
@@ -434,16 +584,19 @@ def read_frames(
     """Yield ``(index, frame)`` for the wanted frame indices, ascending, each once, streamed.
 
     Frames are RGB uint8 ``(H, W, 3)``, upright (display rotation applied), of the size in
-    ``info`` (probed when None). Frame folders ignore ``decoder`` and ``timeout``. When
-    the stream ends before some index, the iteration just stops: the caller sees which
-    indices never came.
+    ``info`` (probed when None), each from one decoder (``"auto"``: the one the probe chose,
+    ``info.decoder``; when that is decord and it fails, ffmpeg reads the frames still wanted:
+    the two agree on such sources). Frame folders ignore ``decoder`` and
+    ``timeout``. When the stream ends before some index, the iteration just stops: the
+    caller sees which indices never came.
 
     Raises ``ValueError`` for a negative index or an unknown decoder, :class:`DecodeError`
-    when not a single frame decodes, an image is unreadable or a frame has the wrong size,
+    when not a single frame decodes, an image is unreadable or a frame has the wrong size
+    (:func:`iter_pairs` drops only the pairs using such a frame instead),
     :class:`DecodeTimeout` when no frame is decoded for ``timeout`` seconds (the decoder is
     killed; no other decoder is tried).
     """
-    if decoder not in _READERS:
+    if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
     wanted = sorted(set(indices))
     if wanted and wanted[0] < 0:
@@ -451,20 +604,14 @@ def read_frames(
     if not wanted:
         return
     info = probe(source, timeout) if info is None else info
-    path = Path(source.path)
-    if source.kind == "frames":
-        frames = _read_folder(source, wanted)
-    else:
-        frames = _READERS[decoder](path, wanted, timeout, (info.width, info.height))
-    for index, frame in frames:
-        if frame.shape[:2] != (info.height, info.width):
-            name = f" ({source.frames[index]})" if source.kind == "frames" else ""
-            raise DecodeError(
-                path,
-                f"frame {index}{name} is {frame.shape[1]}x{frame.shape[0]}, "
-                f"the source is {info.width}x{info.height}",
-            )
-        yield index, frame
+    results = _read_groups(source, [(t,) for t in wanted], decoder, timeout, info)
+    with contextlib.closing(results):
+        for (index,), result in results:
+            if isinstance(result, BadFrame):
+                if result.missing:
+                    return
+                raise DecodeError(result.path, result.reason)
+            yield index, result[0]
 
 
 def _make_pair(
@@ -498,17 +645,21 @@ def iter_pairs(
     crop: CropFn | None = None,
     pairs: Sequence[tuple[int, int]] | None = None,
 ) -> Iterator[FramePair | Dropped]:
-    """Frame pairs of one source, cropped and resized, then a Dropped for each pair lost.
+    """Frame pairs of one source, cropped and resized, and a Dropped for each pair lost.
 
     Probes when ``info`` is None, plans :func:`pair_indices` (or takes the given ``pairs``,
-    a part of that plan: the pipeline splits long videos into pieces), and streams the frames they
-    need, holding only first frames still waiting for their second. ``crop`` (e.g. a
-    letterbox detector) picks one box for both frames of a pair. When the video ends early
-    (truncated, over-reported frame count), each planned pair that could not be formed is
-    yielded as ``Dropped(stage="decode")`` after the pairs.
+    a part of that plan: the pipeline splits long videos into pieces), and streams the
+    frames they need, holding only first frames still waiting for their second; both frames
+    of a pair come from one decoder. ``crop`` (e.g. a letterbox detector) picks one box for
+    both frames of a pair. A bad frame (unreadable, damaged, of the wrong size) drops the
+    pairs that use it, as it comes, each ``Dropped(stage="decode")`` with that frame's file
+    and reason; later pairs go on. When the video ends early (truncated, over-reported frame
+    count), each planned pair not formed is dropped after the others.
 
     Raises :class:`SourceError` for a source under ``config.min_side`` or with fewer than
-    ``gap + 1`` frames, and whatever :func:`probe` and :func:`read_frames` raise.
+    ``gap + 1`` frames, whatever :func:`probe` raises, :class:`DecodeError` when decoding
+    fails in a way that ends the stream and :class:`DecodeTimeout` when the decoder hangs:
+    the pairs already yielded stay valid, the caller drops the rest.
     """
     info = probe(source, config.timeout) if info is None else info
     check_source_size(source, info, config.min_side)
@@ -520,32 +671,11 @@ def iter_pairs(
     if pairs is None:
         pairs = pair_indices(info.num_frames, config.gap, config.stride, config.max_pairs_per_video)
     planned = [(int(t0), int(t1)) for t0, t1 in pairs]
-    firsts = {t0 for t0, _ in planned}
-    seconds = {t1 for _, t1 in planned}
-    held: dict[int, np.ndarray] = {}
-    formed: set[int] = set()
-    last = -1
-    frames = read_frames(
-        source, firsts | seconds, decoder=config.decoder, timeout=config.timeout, info=info
-    )
+    results = _read_groups(source, planned, config.decoder, config.timeout, info)
     # closing(): a consumer that stops early stops the decoder at once, not when collected.
-    with contextlib.closing(frames):
-        for index, frame in frames:
-            last = index
-            t0 = index - config.gap
-            if index in seconds and t0 in held:
-                formed.add(t0)
-                yield _make_pair(source.id, t0, index, held.pop(t0), frame, config, crop)
-            if index in firsts:
-                held[index] = frame
-    for t0, t1 in planned:
-        if t0 not in formed:
-            missing = t1 if t0 in held else t0
-            yield Dropped(
-                source.id,
-                t0,
-                t1,
-                stage="decode",
-                reason=f"frame {missing} missing: the video ended before it "
-                f"(last frame read: {last}, {info.num_frames} counted by the probe)",
-            )
+    with contextlib.closing(results):
+        for (t0, t1), result in results:
+            if isinstance(result, BadFrame):
+                yield Dropped(source.id, t0, t1, stage="decode", reason=str(result))
+            else:
+                yield _make_pair(source.id, t0, t1, *result, config, crop)

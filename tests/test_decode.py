@@ -15,8 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cmpdata import decode
 from cmpdata.decode import (
     PairConfig,
+    _decord_reason,
     _select_expression,
     iter_pairs,
     pair_indices,
@@ -27,7 +29,7 @@ from cmpdata.errors import CmpDataError, DecodeError, DecodeTimeout, SourceError
 from cmpdata.indexclip import index_frame, read_index, write_index_video
 from cmpdata.media import ffmpeg_exe, write_video
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.sources import find_sources, probe
+from cmpdata.sources import MAX_REASON, ffmpeg_complaint, find_sources, probe
 
 NUM_FRAMES = 48
 H, W = 64, 80
@@ -162,18 +164,70 @@ def test_frame_folder_gives_rgb(tmp_path: Path) -> None:
     assert frame[0, 0].tolist() == [255, 0, 0]
 
 
-def test_frame_folder_with_broken_or_odd_images(tmp_path: Path) -> None:
-    for t in range(4):
-        cv2.imwrite(str(tmp_path / f"{t}.png"), index_frame(t, H, W))
-    (tmp_path / "2.png").write_bytes(b"\x89PNG broken")
-    cv2.imwrite(str(tmp_path / "3.png"), index_frame(3, H + 2, W))
+@pytest.fixture
+def odd_folder(tmp_path: Path) -> Path:
+    """12 index frames; 4.png is not an image, 7.png is 2 px taller than the others."""
+    for t in range(12):
+        cv2.imwrite(str(tmp_path / f"{t}.png"), index_frame(t, H + 2 * (t == 7), W))
+    (tmp_path / "4.png").write_bytes(b"\x89PNG broken")
+    return tmp_path
+
+
+def test_read_frames_stops_at_a_broken_or_odd_image(odd_folder: Path) -> None:
+    (source,) = find_sources([odd_folder])
+    with pytest.raises(DecodeError) as error:
+        list(read_frames(source, [0, 4]))
+    assert_names(error, odd_folder / "4.png", "cannot read the image")
+    with pytest.raises(DecodeError) as error:
+        list(read_frames(source, [0, 7]))
+    assert_names(error, odd_folder / "7.png", "frame 7 is 80x66, the source is 80x64")
+
+
+def test_a_bad_frame_drops_only_the_pairs_using_it(odd_folder: Path) -> None:
+    (source,) = find_sources([odd_folder])
+    config = PairConfig(gap=3, stride=1, short_side=None, min_side=32)
+    items = list(iter_pairs(source, config))
+    dropped = {(d.t0, d.t1): d.reason for d in items if isinstance(d, Dropped)}
+    assert dropped == {
+        (1, 4): f"{odd_folder / '4.png'}: cannot read the image",
+        (4, 7): f"{odd_folder / '4.png'}: cannot read the image",
+        (7, 10): f"{odd_folder / '7.png'}: frame 7 is 80x66, the source is 80x64",
+    }
+    pairs = [(p.t0, p.t1) for p in items if isinstance(p, FramePair)]
+    assert pairs == [(t, t + 3) for t in range(9) if t not in (1, 4, 7)]
+    assert all(
+        (read_index(p.frame0), read_index(p.frame1)) == (p.t0, p.t1)
+        for p in items
+        if isinstance(p, FramePair)
+    )
+
+
+def damage(path: Path, flip: bool = False, keep: float = 1.0) -> None:
+    """Flip bytes in the middle of a JPEG's entropy-coded data, or keep only its first part."""
+    data = bytearray(path.read_bytes())
+    if flip:
+        scan = data.index(b"\xff\xda") + 20
+        for at in range(scan + (len(data) - scan) // 3, len(data) - 10, 7):
+            data[at] ^= 0x5A
+    path.write_bytes(bytes(data[: int(len(data) * keep)]))
+
+
+def test_damaged_jpegs_drop_their_pairs(tmp_path: Path) -> None:
+    for t in range(8):
+        cv2.imwrite(str(tmp_path / f"{t}.jpg"), index_frame(t, H, W))
+    damage(tmp_path / "2.jpg", flip=True)
+    damage(tmp_path / "5.jpg", keep=0.8)  # no end-of-image marker
     (source,) = find_sources([tmp_path])
-    with pytest.raises(DecodeError) as error:
-        list(read_frames(source, [0, 2]))
-    assert_names(error, tmp_path / "2.png", "cannot read the image")
-    with pytest.raises(DecodeError) as error:
-        list(read_frames(source, [0, 3]))
-    assert_names(error, tmp_path, "frame 3 (3.png) is 80x66, the source is 80x64")
+    items = list(iter_pairs(source, PairConfig(gap=1, stride=1, short_side=None, min_side=32)))
+    dropped = {(d.t0, d.t1): d.reason for d in items if isinstance(d, Dropped)}
+    corrupt = f"{tmp_path / '2.jpg'}: damaged JPEG: Corrupt JPEG data"
+    truncated = f"{tmp_path / '5.jpg'}: damaged JPEG: Premature end of JPEG file"
+    assert sorted(dropped) == [(1, 2), (2, 3), (4, 5), (5, 6)]
+    assert all(dropped[pair].startswith(corrupt) for pair in [(1, 2), (2, 3)]), dropped
+    assert dropped[(4, 5)] == dropped[(5, 6)] == truncated
+    pairs = [p for p in items if isinstance(p, FramePair)]
+    assert [(p.t0, p.t1) for p in pairs] == [(0, 1), (3, 4), (6, 7)]
+    assert all((read_index(p.frame0), read_index(p.frame1)) == (p.t0, p.t1) for p in pairs)
 
 
 def test_bad_arguments(clips) -> None:
@@ -308,10 +362,49 @@ def test_truncated_video_drops_the_missing_pairs(half_mp4: Path) -> None:
     for d in dropped:
         assert d.stage == "decode" and d.source_id == "half.mp4"
         assert re.fullmatch(
-            rf"frame ({d.t0}|{d.t1}) missing: the video ended before it "
+            rf"{half_mp4}: frame ({d.t0}|{d.t1}) missing: the video ended before it "
             rf"\(last frame read: \d+, {info.num_frames} counted by the probe\)",
             d.reason,
         ), d.reason
+
+
+def test_a_pair_never_mixes_frames_of_two_decoders(clips, monkeypatch) -> None:
+    # A stand-in for decord that fails after frame 20, its frames recognisably not ffmpeg's.
+    def failing_decord(path, indices, timeout, size):
+        for index in indices:
+            if index > 20:
+                raise DecodeError(path, "decord: simulated failure")
+            yield index, np.full((size[1], size[0], 3), 7, np.uint8)
+
+    monkeypatch.setitem(decode._READERS, "decord", failing_decord)
+    config = PairConfig(gap=3, stride=10, short_side=None, decoder="auto")
+    items = list(iter_pairs(source_of(clips["mp4"]), config, info=probe_info()))
+    assert all(isinstance(p, FramePair) for p in items)
+    assert [(p.t0, p.t1) for p in items] == pair_indices(NUM_FRAMES, 3, 10)
+    # (20, 23) had its first frame from decord when decord failed: ffmpeg re-read it whole.
+    fake = [(p.t0, p.t1) for p in items if (p.frame0 == 7).all() and (p.frame1 == 7).all()]
+    assert fake == [(0, 3), (10, 13)]
+    for p in items[2:]:
+        assert (read_index(p.frame0), read_index(p.frame1)) == (p.t0, p.t1)
+
+
+def test_a_bad_video_frame_drops_only_its_pairs(clips, monkeypatch) -> None:
+    # A decoder that gives one frame of another size, then goes on.
+    def odd_decord(path, indices, timeout, size):
+        for index, frame in decode._read_ffmpeg(path, indices, timeout, size):
+            yield index, frame[:-2] if index == 13 else frame
+
+    monkeypatch.setitem(decode._READERS, "decord", odd_decord)
+    config = PairConfig(gap=3, stride=10, short_side=None, decoder="decord")
+    items = list(iter_pairs(source_of(clips["mp4"]), config, info=probe_info()))
+    assert [(x.t0, x.t1, type(x).__name__) for x in items] == [
+        (0, 3, "FramePair"),
+        (10, 13, "Dropped"),
+        (20, 23, "FramePair"),
+        (30, 33, "FramePair"),
+        (40, 43, "FramePair"),
+    ]
+    assert items[1].reason == f"{clips['mp4']}: frame 13 is 80x62, the source is 80x64"
 
 
 def test_moov_less_half_mp4_is_a_decode_error(clips, tmp_path: Path) -> None:
@@ -456,19 +549,60 @@ def test_pair_indices_properties(num_frames: int, gap: int, stride: int, max_pai
         assert steps.max() - steps.min() <= 1
 
 
+def select_eval(expression: str, n: int) -> bool:
+    """What ffmpeg's ``select`` makes of the expression for frame number ``n``."""
+    functions = {
+        "if": lambda c, a, b: a if c else b,
+        "lt": lambda a, b: a < b,
+        "eq": lambda a, b: a == b,
+        "between": lambda x, a, b: a <= x <= b,
+    }
+    python = re.sub(r"\bif\(", "if_(", expression)
+    return bool(eval(python, {"if_": functions["if"], **functions, "n": n}))
+
+
+def nesting(expression: str) -> int:
+    depth = deepest = 0
+    for char in expression:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.sets(st.integers(0, 300), min_size=1))
 def test_select_expression_matches_exactly_the_indices(indices: set[int]) -> None:
-    wanted = sorted(indices)
-    selected = set()
-    for term in _select_expression(wanted).split("+"):
-        if m := re.fullmatch(r"eq\(n,(\d+)\)", term):
-            selected.add(int(m.group(1)))
-        else:
-            m = re.fullmatch(r"between\(n,(\d+),(\d+)\)", term)
-            assert m is not None
-            selected.update(range(int(m.group(1)), int(m.group(2)) + 1))
-    assert selected == indices
+    expression = _select_expression(sorted(indices))
+    assert {n for n in range(302) if select_eval(expression, n)} == indices
+    # A balanced tree over the runs: nesting grows with the log of the item, not the item.
+    runs = sum(1 for i in indices if i - 1 not in indices)
+    assert nesting(expression) <= np.ceil(np.log2(runs)) + 2
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4,003 index frames: 1,000 pairs (t, t + 3) every 4 frames."""
+    return write_index_video(tmp_path_factory.mktemp("long") / "long.mp4", 4003, 24, 24)
+
+
+def test_ffmpeg_decodes_an_item_of_a_thousand_pairs(long_clip: Path) -> None:
+    # The old select expression (one term a run) failed to parse beyond 100 runs: 50 pairs.
+    config = PairConfig(gap=3, stride=4, short_side=None, min_side=24, decoder="ffmpeg")
+    info = VideoInfo(24, 24, 4003)
+    items = list(iter_pairs(source_of(long_clip), config, info=info))
+    assert [(p.t0, p.t1) for p in items] == [(t, t + 3) for t in range(0, 4000, 4)]
+    assert all((read_index(p.frame0), read_index(p.frame1)) == (p.t0, p.t1) for p in items)
+
+
+def test_failure_reasons_are_short() -> None:
+    quoted = "[Parsed_select_0 @ 0x5f] Error while parsing expression '" + "eq(n,1)+" * 5000
+    reason = ffmpeg_complaint([quoted, "[in#0 @ 0x6a] " + "x" * 400, "[out @ 0x7b] y"])
+    assert len(reason) <= MAX_REASON
+    assert reason.startswith("Error while parsing expression 'eq(n,1)+")
+    assert reason.endswith("; y")
+    assert (
+        len(_decord_reason(RuntimeError("[12:00:00] src/video.cc:1: " + "z" * 9000))) <= MAX_REASON
+    )
 
 
 # resize_short_side -------------------------------------------------------------------------------

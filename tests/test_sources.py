@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from cmpdata.config import ExtractConfig
+from cmpdata.decode import PairConfig, iter_pairs
 from cmpdata.errors import CmpDataError, DecodeError, SourceError
 from cmpdata.indexclip import index_frame, write_index_video
-from cmpdata.media import ffmpeg_exe
-from cmpdata.records import Source, VideoInfo
-from cmpdata.sources import check_source_size, find_sources, natural_key, probe
+from cmpdata.media import ffmpeg_exe, write_video
+from cmpdata.plan import plan_dataset
+from cmpdata.records import Dropped, Source, VideoInfo
+from cmpdata.sources import (
+    MIN_FRAME_BYTES,
+    _pixel_format,
+    check_source_size,
+    find_sources,
+    natural_key,
+    probe,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def touch(path: Path) -> Path:
@@ -173,7 +189,7 @@ def video_source(path: Path) -> Source:
 
 def test_probe_video(tmp_path: Path) -> None:
     path = write_index_video(tmp_path / "clip.mp4", 20, height=64, width=80, fps=12)
-    assert probe(video_source(path)) == VideoInfo(80, 64, 20, 12.0, 0)
+    assert probe(video_source(path)) == VideoInfo(80, 64, 20, 12.0, 0, decoder="decord")
 
 
 def test_probe_rotated_video(tmp_path: Path) -> None:
@@ -199,6 +215,21 @@ def test_probe_unreadable_first_image(tmp_path: Path) -> None:
     with pytest.raises(DecodeError) as error:
         probe(source)
     assert_names(error, tmp_path / "0.jpg", "cannot read the image")
+
+
+def test_pixel_formats_of_stream_lines() -> None:
+    lines = {
+        "h264 (High) (avc1 / 0x31637661), yuv420p(progressive), 640x272 [SAR 1:1 DAR 40:17]": (
+            "yuv420p"
+        ),
+        "hevc (Main 10) (hvc1 / 0x31637668), yuv420p10le(tv, progressive), 320x136, 25 fps": (
+            "yuv420p10le"
+        ),
+        "ffv1, bgr0(pc, gbr/unknown/unknown, progressive), 320x136, SAR 1:1 DAR 40:17": "bgr0",
+        "rawvideo, 320x136, 25 fps": None,
+        "h264": None,
+    }
+    assert {line: _pixel_format(line) for line in lines} == lines
 
 
 @pytest.mark.parametrize(
@@ -230,3 +261,154 @@ def test_check_source_size() -> None:
     with pytest.raises(SourceError) as error:
         check_source_size(source, VideoInfo(80, 40, 10), min_side=64)
     assert_names(error, "/videos/small.mp4", "short side 40 px (80x40) is under min_side 64")
+
+
+# Frame counts the file cannot hold ------------------------------------------------------------
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", *args], check=True, capture_output=True)
+
+
+def patch(path: Path, marker: bytes, offset: int, fmt: str, value: float) -> None:
+    """Overwrite the value ``offset`` bytes after the first ``marker`` in the file."""
+    data = bytearray(path.read_bytes())
+    at = data.index(marker)
+    struct.pack_into(fmt, data, at + offset, value)
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def lying(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """AV1 (decord cannot open it: the count comes from the header) of 50 index frames, whose
+    container claims a duration of 4e9 ms: 1e8 frames at 25 fps."""
+    folder = tmp_path_factory.mktemp("lying")
+    clip = write_index_video(folder / "index.mp4", 50, height=64, width=80)
+    names = {"honest": "honest.mkv", "mkv": "lying.mkv", "mp4": "lying.mp4"}
+    made = {key: folder / name for key, name in names.items()}
+    ffmpeg("-i", str(clip), "-c:v", "libsvtav1", "-preset", "12", str(made["honest"]))
+    ffmpeg("-i", str(made["honest"]), "-c", "copy", str(made["mp4"]))
+    shutil.copy(made["honest"], made["mkv"])
+    # Matroska: the Duration element (id 0x4489, 8-byte float, milliseconds).
+    patch(made["mkv"], b"\x44\x89\x88", 3, ">d", 4e9)
+    # mp4: mvhd and mdhd (version 0) keep their duration 20 bytes after the box name.
+    for box in (b"mvhd", b"mdhd"):
+        patch(made["mp4"], box, 20, ">I", 0xF0000000)
+    return made
+
+
+def test_a_header_claiming_more_frames_than_the_file_can_hold(lying) -> None:
+    info = probe(video_source(lying["mkv"]))
+    size = lying["mkv"].stat().st_size
+    assert (info.width, info.height, info.num_frames) == (80, 64, 50)
+    assert info.note == (
+        f"header claims 100000000 frames, more than {size} bytes can hold "
+        f"(>= {MIN_FRAME_BYTES} bytes a frame); counted 50 by demuxing"
+    )
+    # ffmpeg takes an mp4's duration from its sample table: patched durations do not fool it.
+    mp4 = probe(video_source(lying["mp4"]))
+    assert (mp4.num_frames, mp4.note) == (50, None)
+    assert probe(video_source(lying["honest"])).note is None
+
+
+def test_a_static_video_is_believed(tmp_path: Path) -> None:
+    # The cheapest frames there are (one image repeated): the rule must not refuse them.
+    still = index_frame(5, 64, 64)
+    extra = ["-tune", "stillimage", "-g", "100000"]
+    path = write_video(tmp_path / "still.mkv", [still] * 2000, quality=51, extra_args=extra)
+    assert path.stat().st_size < 2000 * 25
+    info = probe(video_source(path))
+    assert (info.num_frames, info.note) == (2000, None)
+
+
+# Plans one folder of sources, printing the peak resident memory of this process (MB) and
+# what was planned. A regression (planning 1e8 frames) would need gigabytes: the address
+# space limit makes it fail at once instead of swamping the machine.
+PLAN_PEAK = """
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from cmpdata.config import ExtractConfig
+from cmpdata.plan import plan_dataset
+from cmpdata.sources import find_sources
+
+plan = plan_dataset(find_sources([sys.argv[1]]), ExtractConfig(), {}, progress=False)
+status = Path("/proc/self/status").read_text().splitlines()
+peak = int(next(x for x in status if x.startswith("VmHWM:")).split()[1]) / 1024
+notes = {k: i.note for k, i in plan.infos.items()}
+print(json.dumps({"peak": peak, "samples": len(plan.samples), "notes": notes}))
+"""
+
+
+def test_planning_memory_is_bounded_by_the_files(lying, tmp_path: Path) -> None:
+    runs = {}
+    for name in ("honest", "lying"):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(lying["mkv" if name == "lying" else "honest"], folder / "clip.mkv")
+        runs[name] = subprocess.Popen(
+            [sys.executable, "-c", PLAN_PEAK, str(folder)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    results = {}
+    for name, proc in runs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    honest, liar = results["honest"], results["lying"]
+    assert honest["samples"] == liar["samples"] == 5
+    assert honest["notes"] == {"clip.mkv": None} and "counted 50" in liar["notes"]["clip.mkv"]
+    assert liar["peak"] - honest["peak"] < 20, results
+
+
+# Entries that cannot be read --------------------------------------------------------------------
+
+
+def test_symlink_loops_and_broken_links_are_sources_that_probe_refuses(tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    root.mkdir()
+    write_index_video(root / "good.mp4", 8, height=64, width=80)
+    (root / "a.mp4").symlink_to("b.mp4")
+    (root / "b.mp4").symlink_to("a.mp4")
+    (root / "gone.mkv").symlink_to("nowhere.mkv")
+    shots = root / "shots"
+    shots.mkdir()
+    for t in range(6):
+        cv2.imwrite(str(shots / f"{t}.png"), index_frame(t, 64, 80))
+    (shots / "3.png").unlink()
+    (shots / "3.png").symlink_to("3.png")
+    sources = find_sources([root])
+    assert ids(sources) == ["a.mp4", "b.mp4", "gone.mkv", "good.mp4", "shots"]
+    assert sources[-1].frames == tuple(f"{t}.png" for t in range(6))
+    reasons = {}
+    for source in sources[:3]:
+        with pytest.raises(SourceError) as error:
+            probe(source)
+        reasons[source.id] = str(error.value)
+    assert reasons == {
+        "a.mp4": f"{root / 'a.mp4'}: cannot open: Too many levels of symbolic links",
+        "b.mp4": f"{root / 'b.mp4'}: cannot open: Too many levels of symbolic links",
+        "gone.mkv": f"{root / 'gone.mkv'}: a broken symbolic link",
+    }
+    plan = plan_dataset(sources, ExtractConfig(pairs=PairConfig(gap=1, stride=1)), {},
+                        progress=False)  # fmt: skip
+    assert sorted(plan.sources) == ["good.mp4", "shots"]
+    assert {d.source_id: d.reason for d in plan.skipped} == reasons
+    # In a frame folder the loop is one bad frame: only the pairs using it are lost.
+    items = list(iter_pairs(sources[-1], PairConfig(gap=1, stride=1, short_side=None)))
+    dropped = {(d.t0, d.t1): d.reason for d in items if isinstance(d, Dropped)}
+    loop = f"{shots / '3.png'}: cannot read the image (Too many levels of symbolic links)"
+    assert dropped == {(2, 3): loop, (3, 4): loop}
+    assert len(items) == 5
+
+
+def test_a_symlink_loop_given_directly_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "x.mp4").symlink_to("x.mp4")
+    with pytest.raises(SourceError) as error:
+        find_sources([tmp_path / "x.mp4"])
+    assert (
+        str(error.value) == f"{tmp_path / 'x.mp4'}: cannot open: Too many levels of symbolic links"
+    )
