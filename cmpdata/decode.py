@@ -474,8 +474,9 @@ def _read_folder(
         yield index, BadFrame(index, file, image) if isinstance(image, str) else image
 
 
-def _decoders(source: Source, decoder: str, info: VideoInfo) -> tuple[str, ...]:
-    """The decoders to try in turn; each one after the first re-reads what is left.
+def decoders(source: Source, decoder: str, info: VideoInfo) -> tuple[str, ...]:
+    """The decoders ``read_frames`` tries in turn (``"frames"`` for a frame folder); each one
+    after the first re-reads what is left, and gives the same RGB.
 
     ``"auto"`` follows the probe's choice: ffmpeg alone where decord's RGB would differ,
     decord then ffmpeg where they agree (or when no probe chose).
@@ -523,7 +524,7 @@ def _read_groups(
     last decoder fails (frames already yielded stay valid), :class:`DecodeTimeout` when one
     hangs.
     """
-    order = _decoders(source, decoder, info)
+    order = decoders(source, decoder, info)
     pending = list(dict.fromkeys(groups))
     first_error = ""
     for attempt, name in enumerate(order):

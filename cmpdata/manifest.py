@@ -21,13 +21,18 @@ num_samples         samples written
 num_dropped         planned pairs not written (each in ``failures.jsonl``)
 splits              samples per split, ``{"train": n, "val": n}``
 sources             per source id: ``planned``, ``written``, ``dropped`` counts, ``skipped``
-                    (the reason, when the whole source was unusable, else null)
+                    (the reason, when the whole source was unusable, else null),
+                    ``decoder`` (what read it: ``decord``, ``ffmpeg`` or ``frames``; part of
+                    the plan fingerprint) and ``note`` (what the probe did not take as the
+                    file claimed, e.g. a frame count the file cannot hold, else null)
 shards              list of ``{"name", "index", "num_samples", "sha256", "bytes"}``
 stats               ``bytes_per_sample``, ``seconds``, ``pairs_per_second`` of the last run
 ==================  =========================================================================
 
 ``failures.jsonl`` holds one JSON object a line, ``{"source_id", "t0", "t1", "stage",
-"reason"}``, for every skipped source (``t0 = t1 = -1``) and dropped pair.
+"reason"}``, for every skipped source (``t0 = t1 = -1``, stage ``source``), every source used
+but not as its header claims (``t0 = t1 = -1``, stage ``probe``: the reason says what was
+done instead) and every dropped pair.
 """
 
 from __future__ import annotations

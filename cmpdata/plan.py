@@ -20,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import PairConfig, pair_indices
+from cmpdata.decode import PairConfig, decoders, pair_indices
 from cmpdata.errors import CmpDataError
 from cmpdata.records import Dropped, Source, VideoInfo, make_sample_id
 from cmpdata.seeding import stable_hash
@@ -64,7 +64,23 @@ class Plan:
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
-            self.fingerprint = plan_fingerprint(self.samples, self.config, self.flow_identity)
+            self.fingerprint = plan_fingerprint(
+                self.samples, self.config, self.flow_identity, self.decoders
+            )
+
+    @property
+    def decoders(self) -> dict[str, str]:
+        """The decoder that reads each source (``"frames"`` for a frame folder)."""
+        chosen = self.config.pairs.decoder
+        return {sid: decoders(source, chosen, self.infos[sid])[0]
+                for sid, source in self.sources.items()}  # fmt: skip
+
+    @property
+    def notes(self) -> list[Dropped]:
+        """Sources used, but not as their header claims (e.g. a frame count the file cannot
+        hold), as ``Dropped(stage="probe")`` records whose reason says what was done."""
+        return [Dropped(sid, -1, -1, "probe", info.note)
+                for sid, info in self.infos.items() if info.note]  # fmt: skip
 
     @property
     def num_shards(self) -> int:
@@ -76,12 +92,18 @@ class Plan:
 
 
 def plan_fingerprint(
-    samples: Sequence[PlannedSample], config: ExtractConfig, flow_identity: dict[str, Any]
+    samples: Sequence[PlannedSample],
+    config: ExtractConfig,
+    flow_identity: dict[str, Any],
+    decoders: dict[str, str] | None = None,
 ) -> str:
     h = hashlib.sha256()
     # The shard schema is part of the definition: a resumed run never mixes two schemas.
     head = {"config": config.to_dict(), "flow": flow_identity, "schema": SCHEMA_VERSION}
     h.update(json.dumps(head, sort_keys=True).encode())
+    # So is the decoder of each video (decoders differ in RGB on some pixel formats).
+    for source_id, decoder in sorted((decoders or {}).items()):
+        h.update(f"{source_id}\tdecoder {decoder}\n".encode())
     for s in samples:
         h.update(f"{s.sample_id}\t{s.split}\n".encode())
     return h.hexdigest()

@@ -49,8 +49,8 @@ def inspect_dataset(path: str | Path, flow_samples: int = 200, top: int = 10) ->
     px over the valid pixels of up to ``flow_samples`` samples spread evenly over the dataset:
     ``samples_used``, ``mean``, ``median``, ``p95``, ``max``, and ``valid_fraction`` when masks
     are stored), ``config``, ``flow_backend``, ``codec`` (from the manifest, else the first
-    shard's attributes) and ``dropped`` (pairs, and whole sources, left out per stage, from
-    ``failures.jsonl``).
+    shard's attributes), ``dropped`` (pairs, and whole sources, left out per stage, from
+    ``failures.jsonl``) and ``notes`` (sources used, but not as their header claimed).
 
     Raises :class:`CmpDataError` when ``path`` is neither a dataset directory nor a shard, or
     holds no shard.
@@ -81,11 +81,8 @@ def inspect_dataset(path: str | Path, flow_samples: int = 200, top: int = 10) ->
     counts = [(shard.path, len(cols["meta"])) for shard, cols in readable]
     flow, flow_errors = _flow_statistics(counts, flow_samples)
     provenance = _provenance(manifest, [shard.path for shard, _ in readable])
-    dropped = (
-        Counter(d.stage for d in read_failures(path))
-        if path.is_dir() and (path / FAILURES).exists()
-        else Counter()
-    )
+    failures = read_failures(path) if path.is_dir() and (path / FAILURES).exists() else []
+    dropped = Counter(d.stage for d in failures if d.stage != "probe")
     return {
         "path": str(path),
         "complete": None if manifest is None else bool(manifest.get("complete")),
@@ -106,6 +103,7 @@ def inspect_dataset(path: str | Path, flow_samples: int = 200, top: int = 10) ->
         "flow": flow,
         **provenance,
         "dropped": dict(dropped.most_common()),
+        "notes": [f"{d.source_id}: {d.reason}" for d in failures if d.stage == "probe"],
     }
 
 
@@ -213,6 +211,7 @@ def format_inspect(info: dict[str, Any]) -> str:
     if info["dropped"]:
         dropped = ", ".join(f"{stage} {n}" for stage, n in info["dropped"].items())
         lines.append(f"left out     {sum(info['dropped'].values())}: {dropped}")
+    lines += [f"note         {note}" for note in info["notes"]]
     for key in _PROVENANCE:
         lines.append(f"{key + ' ':13s}{json.dumps(info[key], sort_keys=True)}")
     if info["damaged"]:

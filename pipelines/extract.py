@@ -143,6 +143,8 @@ class ExtractResult:
         ]
         for d in self.plan.skipped:
             lines.append(f"  skipped {d.source_id}: {d.reason}")
+        for d in self.plan.notes:
+            lines.append(f"  note on {d.source_id}: {d.reason}")
         pair_drops = [d for d in self.dropped if d.t0 >= 0]
         by_stage = Counter(d.stage for d in pair_drops)
         lines.append(f"{len(pair_drops)} pairs dropped" + (":" if by_stage else ""))
@@ -595,12 +597,15 @@ class ShardCollector:
 
 
 def _manifest(out: Path, plan: Plan, attrs: dict[str, Any], complete: bool) -> dict[str, Any]:
-    shards, ids, dropped = [], [], list(plan.skipped)
+    shards, ids, dropped = [], [], []
     splits: Counter[str] = Counter()
-    per_source = {sid: {"planned": 0, "written": 0, "dropped": 0, "skipped": None}
-                  for sid in plan.sources}  # fmt: skip
+    decoders = plan.decoders
+    per_source = {sid: {"planned": 0, "written": 0, "dropped": 0, "skipped": None,
+                        "decoder": decoders[sid], "note": info.note}
+                  for sid, info in plan.infos.items()}  # fmt: skip
     for d in plan.skipped:
-        per_source[d.source_id] = {"planned": 0, "written": 0, "dropped": 0, "skipped": d.reason}
+        per_source[d.source_id] = {"planned": 0, "written": 0, "dropped": 0, "skipped": d.reason,
+                                   "decoder": None, "note": None}  # fmt: skip
     for s in plan.samples:
         per_source[s.source_id]["planned"] += 1
     if complete:
@@ -614,7 +619,7 @@ def _manifest(out: Path, plan: Plan, attrs: dict[str, Any], complete: bool) -> d
             for d in data["dropped"]:
                 dropped.append(Dropped(**d))
                 per_source[d["source_id"]]["dropped"] += 1
-        write_failures(out, dropped)
+        write_failures(out, [*plan.skipped, *plan.notes, *dropped])
     return {
         "schema_version": SCHEMA_VERSION,
         "complete": complete,
@@ -626,7 +631,7 @@ def _manifest(out: Path, plan: Plan, attrs: dict[str, Any], complete: bool) -> d
         "content_digest": content_digest(ids) if complete else None,
         "num_planned": len(plan.samples),
         "num_samples": len(ids),
-        "num_dropped": len(dropped) - len(plan.skipped),
+        "num_dropped": len(dropped),
         "splits": {"train": splits["train"], "val": splits["val"]},
         "sources": per_source,
         "shards": shards,

