@@ -571,6 +571,8 @@ def test_a_hanging_decoder_is_abandoned_recorded_and_the_run_goes_on(
         "written": 0,
         "dropped": 3,
         "skipped": None,
+        "decoder": "decord",
+        "note": None,
     }
     # Every other sample is exactly the clean run's.
     written, expected = sample_digests(tmp_path / "ds"), sample_digests(clean)
