@@ -521,6 +521,15 @@ for out in (root, root / "ds"):  # read-only; missing and not creatable
     with contextlib.redirect_stderr(err):
         code = main([*argv, "--out", str(out)])
     results.append([code, err.getvalue()])
+# The trainer refuses the same output folders before reading any data.
+import cmpmodel.train
+from cmpmodel.cli import main as train_main
+cmpmodel.train.build_dataset = no_work
+for out in (root, root / "run"):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = train_main(["train", "--data", str(root), "--out", str(out)])
+    results.append([code, err.getvalue()])
 print(json.dumps(results))
 """
 
@@ -528,10 +537,14 @@ print(json.dumps(results))
 def test_read_only_output_is_refused_before_any_work(synth_clips, tmp_path):
     root = tmp_path / "ro"
     argv = ["extract", "--videos", videos(synth_clips)[0], "--quiet"]
-    read_only, uncreatable = run_script(READ_ONLY, str(root), json.dumps(argv), namespace=True)
+    read_only, uncreatable, train_read_only, train_uncreatable = run_script(
+        READ_ONLY, str(root), json.dumps(argv), namespace=True
+    )
     for (code, err), words in [
         (read_only, f"{root}: not writable"),
         (uncreatable, f"{root}/ds: cannot be created: {root} is not writable"),
+        (train_read_only, f"{root}: not writable"),
+        (train_uncreatable, f"{root}/run: cannot be created: {root} is not writable"),
     ]:
         assert code == 2 and err.count("\n") == 1, err
         assert words in err and "Read-only file system" in err
