@@ -541,7 +541,8 @@ class ShardReader:
 
     def encoded(self, i: int) -> EncodedSample:
         """Sample ``i`` as stored (bytes, not decoded)."""
-        return self._encoded(self._check_index(i), *self._raw_sample(self._check_index(i)))
+        i = self._check_index(i)
+        return self._encoded(i, *self._raw_sample(i))
 
     def _encoded(self, i: int, sid: bytes, src: bytes, meta: np.void, blob: bytes
                  ) -> EncodedSample:  # fmt: skip

@@ -307,14 +307,7 @@ def prepare_output(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{out}: cannot create the output directory ({exc.strerror})") from None
-    probe = out / f".write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"ok")
-    except OSError as exc:
-        with contextlib.suppress(OSError):  # created, then the disk was full
-            probe.unlink()
-        raise UsageError(f"{out}: output directory is not writable ({exc.strerror})") from None
-    probe.unlink()
+    check_output_dir(out)
 
 
 # What a run stopped by a failed write (disk full) says to do next.
