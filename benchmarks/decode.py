@@ -9,7 +9,7 @@ in turn), the same frames enlarged to 720 x 960 (the size of much web video; not
 
 Decoders, each in this process's turn, frames out as RGB uint8 arrays:
 
-- ``cmp decord`` and ``cmp ffmpeg``: :func:`cmpdata.decode.read_frames`, the way the pipeline
+- ``cmp decord`` and ``cmp ffmpeg``: :func:`cmpdata.io.pairs.read_frames`, the way the pipeline
   decodes: a child process (killable on a hang) reads the file sequentially and sends the
   wanted frames through a pipe; the child's start-up is part of the time;
 - ``decord``: ``decord.VideoReader`` in this process, ``next()`` for sequential access,
@@ -35,10 +35,10 @@ import cv2
 import numpy as np
 
 from benchmarks.common import Bench, interleaved, measured
-from cmpdata.decode import PairConfig, pair_indices, read_frames
-from cmpdata.media import write_video
+from cmpdata.io.media import write_video
+from cmpdata.io.pairs import PairConfig, pair_indices, read_frames
+from cmpdata.io.sources import probe
 from cmpdata.records import Source, VideoInfo
-from cmpdata.sources import probe
 
 PART = "decode"
 LARGE = (720, 960)  # (H, W) of the enlarged copy

@@ -9,9 +9,9 @@ Measured, 5 times each (once with ``--quick``), interleaved so that a busy spell
 (shared) machine slows them alike:
 
 - ``loop``: the same stages in this process (:func:`benchmarks.common.extract_in_process`:
-  :func:`cmpdata.process.process_source` -- decode, frame filters, flow, flow filters,
-  guidance -- then :func:`cmpdata.shards.encode_sample`; then
-  :func:`cmpdata.shards.write_shard` in ``shard_size`` chunks of the planned pairs), OpenCV
+  :func:`cmpdata.stages.process_source` -- decode, frame filters, flow, flow filters,
+  guidance -- then :func:`cmpdata.store.shards.encode_sample`; then
+  :func:`cmpdata.store.shards.write_shard` in ``shard_size`` chunks of the planned pairs), OpenCV
   on one thread as in the pipeline's workers;
 - ``extract`` through a local Ray with 1 and with 2 workers. Ray is started once, before any
   timing (its start-up is reported on its own), so every run reuses it. Its first run, while
@@ -27,8 +27,8 @@ included), the frame filters, the flow, the flow filters, the guidance and the e
 (JPEG frame, flow codec).
 
 Throughput is planned pairs per second (dropped pairs count: they were decoded too). The
-loop's content digest (:func:`cmpdata.manifest.content_digest` over its encoded samples in plan
-order) is compared with each manifest's ``content_digest``: the same stages and config must
+loop's content digest (:func:`cmpdata.store.manifest.content_digest` over its encoded samples
+in plan order) is compared with each manifest's ``content_digest``: the same stages and config must
 give the same dataset (on inputs that decode: the loop leaves out a source whose decoding
 fails, where the pipeline keeps the pairs it got).
 
@@ -59,15 +59,15 @@ from benchmarks.common import (
     shard_attrs,
 )
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import iter_pairs
 from cmpdata.filters import check_flow, check_frames
 from cmpdata.flow import build_flow
 from cmpdata.guidance import build_sampler
-from cmpdata.manifest import content_digest
-from cmpdata.process import compute_flows, guide
+from cmpdata.io.pairs import iter_pairs
+from cmpdata.io.sources import find_sources, probe
 from cmpdata.records import Dropped
-from cmpdata.shards import EncodedSample, encode_sample, shard_name, write_shard
-from cmpdata.sources import find_sources, probe
+from cmpdata.stages import compute_flows, guide
+from cmpdata.store.manifest import content_digest
+from cmpdata.store.shards import EncodedSample, encode_sample, shard_name, write_shard
 
 PART = "extract"
 WORKERS = (1, 2)

@@ -39,7 +39,7 @@ import numpy as np
 
 from benchmarks.common import machine, spread, write_result
 from cmpdata.flow import build_flow
-from cmpdata.synth import SynthConfig, SyntheticClip
+from cmpdata.synth.clips import SynthConfig, SyntheticClip
 
 HEIGHT, WIDTH = 416, 560
 GAP = 3
@@ -136,7 +136,7 @@ def pipeline_figures(clips: int, frames: int, batch_size: int) -> dict[str, Any]
     import ray
 
     from cmpdata.config import ExtractConfig
-    from cmpdata.decode import PairConfig
+    from cmpdata.io.pairs import PairConfig
     from pipelines.extract import RunSettings, ensure_ray, extract
 
     cpus = os.cpu_count() or 1

@@ -39,7 +39,7 @@ import torch
 
 import cmpmodel.train as trainer
 from benchmarks.common import Bench, figure, interleaved, measured
-from cmpdata.dataset import ShardDataset
+from cmpdata.store.dataset import ShardDataset
 from cmpmodel.data import TrainTransform, TrainTransformConfig, make_train_loader
 from cmpmodel.train import TrainConfig
 

@@ -7,13 +7,13 @@ shard size, 1000, holds them all).
 
 - bytes per sample: the shard file's size over its samples; the details split it into the
   JPEG frame, the flow, the mask (empty: no consistency check by default) and the guidance;
-- write MB/s: :func:`cmpdata.shards.write_shard` of the encoded samples into a fresh file
+- write MB/s: :func:`cmpdata.store.shards.write_shard` of the encoded samples into a fresh file
   (HDF5, fsync, sha256 of the file), file bytes per second;
 - read MB/s: :meth:`ShardReader.encoded` of every sample through a fresh reader: the stored
   bytes, not decoded (from the page cache: the file was just written);
 - read and decode: :meth:`ShardReader.read` of every sample (JPEG, flow and mask decoded,
   the content digest checked), samples per second;
-- read-back check: :func:`cmpdata.shards.check_written` on the shard, what ``extract`` does
+- read-back check: :func:`cmpdata.store.shards.check_written` on the shard, what ``extract`` does
   before each done marker (columns read in bulk, every digest recomputed from the stored
   bytes), ms per sample and as a share of one pair's time through every stage (the
   extraction of the clips in this process).
@@ -42,7 +42,7 @@ from benchmarks.common import (
     write_shards,
 )
 from cmpdata.config import ExtractConfig
-from cmpdata.shards import EncodedSample, ShardInfo, ShardReader, check_written
+from cmpdata.store.shards import EncodedSample, ShardInfo, ShardReader, check_written
 
 PART = "storage"
 

@@ -73,7 +73,7 @@ def _add_pair_options(p: argparse.ArgumentParser) -> None:
 
 
 def _pair_config(args: argparse.Namespace):
-    from cmpdata.decode import PairConfig
+    from cmpdata.io.pairs import PairConfig
 
     return PairConfig(
         gap=args.gap,
@@ -123,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from cmpdata.synth import make_clips
+    from cmpdata.synth.clips import make_clips
 
     files = make_clips(
         check_output_dir(args.out),
@@ -139,7 +139,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from cmpdata.sources import check_source_size, find_sources, probe
+    from cmpdata.io.sources import check_source_size, find_sources, probe
 
     sources = find_sources(args.inputs)
     failed = 0
@@ -164,9 +164,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from cmpdata.config import ExtractConfig
     from cmpdata.guidance import GuidanceConfig, build_sampler
-    from cmpdata.process import process_source
+    from cmpdata.io.sources import find_sources
     from cmpdata.records import Dropped
-    from cmpdata.sources import find_sources
+    from cmpdata.stages import process_source
     from cmpdata.viz import flow_figure, save_png
 
     config = ExtractConfig(
@@ -245,9 +245,9 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str] | No
 
 def extract_config(args: argparse.Namespace, sections: dict) -> ExtractConfig:
     """The dataset configuration from the command's options and the config file's sections."""
-    from cmpdata.codec import FlowCodec
     from cmpdata.filters import FilterConfig
     from cmpdata.guidance import GuidanceConfig
+    from cmpdata.store.codec import FlowCodec
 
     try:
         return ExtractConfig(
@@ -396,7 +396,7 @@ def _add_recipe_parser(sub) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from cmpdata.tools import format_inspect, inspect_dataset
+    from cmpdata.store.reports import format_inspect, inspect_dataset
 
     info = inspect_dataset(args.path)
     print(json.dumps(info, indent=1) if args.json else format_inspect(info))
@@ -408,7 +408,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from cmpdata.tools import format_verify, verify_dataset
+    from cmpdata.store.reports import format_verify, verify_dataset
 
     if not Path(args.directory).is_dir():
         raise UsageError(f"{args.directory}: no such dataset directory")
@@ -418,7 +418,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from cmpdata.tools import show_sample
+    from cmpdata.store.reports import show_sample
 
     check_output_file(args.out, (".png",))
     print(

@@ -6,12 +6,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmpdata.codec import FlowCodec
-from cmpdata.decode import PairConfig
 from cmpdata.errors import ConfigError
 from cmpdata.filters import FilterConfig
 from cmpdata.flow import FLOW_BACKENDS
 from cmpdata.guidance import GuidanceConfig
+from cmpdata.io.pairs import PairConfig
+from cmpdata.store.codec import FlowCodec
 
 MAX_SHORT_SIDE = 4096  # px: a pair's frames and flow at 16:9 already take ~400 MB
 

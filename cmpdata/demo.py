@@ -15,14 +15,14 @@ import numpy as np
 from tqdm import tqdm
 
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import PairConfig
 from cmpdata.flow import build_flow, resize_flow
 from cmpdata.guidance import GuidanceConfig, build_sampler
-from cmpdata.metrics import endpoint_error
-from cmpdata.process import process_source
+from cmpdata.io.pairs import PairConfig
+from cmpdata.io.sources import find_sources
 from cmpdata.records import Dropped, GuidedSample
-from cmpdata.sources import find_sources
-from cmpdata.synth import load_ground_truth, make_clips
+from cmpdata.stages import process_source
+from cmpdata.synth.clips import load_ground_truth, make_clips
+from cmpdata.synth.metrics import endpoint_error
 from cmpdata.viz import color_wheel_legend, draw_guidance, flow_to_color, panel, save_png
 
 

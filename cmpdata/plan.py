@@ -20,12 +20,12 @@ from typing import Any
 from tqdm import tqdm
 
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import PairConfig, decoders, pair_indices
 from cmpdata.errors import CmpDataError
+from cmpdata.io.pairs import PairConfig, decoders, pair_indices
+from cmpdata.io.sources import check_source_size, probe
 from cmpdata.records import Dropped, Source, VideoInfo, make_sample_id
 from cmpdata.seeding import stable_hash
-from cmpdata.shards import SCHEMA_VERSION
-from cmpdata.sources import check_source_size, probe
+from cmpdata.store.shards import SCHEMA_VERSION
 
 SPLIT_SALT = "cmp-split"
 

@@ -1,7 +1,7 @@
 """Model inputs from stored samples: crop, flip, guidance and normalisation.
 
-A :class:`~cmpdata.shards.StoredSample` (full frame, flow, mask, stored guidance) becomes a dict
-of tensors the model and the loss read (REFERENCE.md, "Model" and "Training")::
+A :class:`~cmpdata.store.shards.StoredSample` (full frame, flow, mask, stored guidance) becomes
+a dict of tensors the model and the loss read (REFERENCE.md, "Model" and "Training")::
 
     "image"      float32 (3, S, S)  RGB, (pixel - mean) / std on the 0-255 scale
     "sparse"     float32 (4, S, S)  guidance: flow x, y (px) at the points, 0 elsewhere;
@@ -43,7 +43,7 @@ from cmpdata.errors import ConfigError
 from cmpdata.guidance import GuidanceConfig, GuidanceSampler, build_sampler, rasterize
 from cmpdata.records import Guidance
 from cmpdata.seeding import sample_rng
-from cmpdata.shards import ShardError, StoredSample
+from cmpdata.store.shards import ShardError, StoredSample
 
 RGB_MEAN = (123.675, 116.28, 103.53)
 RGB_STD = (58.395, 57.12, 57.375)
@@ -312,7 +312,7 @@ def make_train_loader(
     drop_last: bool = True,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader over one epoch of ``dataset`` (a :class:`~cmpdata.dataset.ShardDataset`
+    """A DataLoader over one epoch of ``dataset`` (a :class:`~cmpdata.store.dataset.ShardDataset`
     whose transform is a :class:`TrainTransform`); build one per epoch.
 
     It sets the transform's epoch and shuffles with a permutation seeded by the transform's

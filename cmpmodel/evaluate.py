@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
-from cmpdata.dataset import ShardDataset
 from cmpdata.errors import ConfigError, UsageError
 from cmpdata.guidance import GuidanceConfig
+from cmpdata.store.dataset import ShardDataset
 from cmpmodel.data import eval_inputs
 from cmpmodel.loss import bins_to_flow
 from cmpmodel.train import guidance_of_map, load_model

@@ -20,7 +20,7 @@ import torch
 from cmpdata.errors import ConfigError, UsageError
 from cmpdata.paths import check_output_file
 from cmpdata.records import Guidance
-from cmpdata.shards import StoredSample
+from cmpdata.store.shards import StoredSample
 from cmpdata.viz import flow_figure, save_png
 from cmpmodel.data import eval_inputs
 from cmpmodel.evaluate import model_flow

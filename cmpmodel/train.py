@@ -46,11 +46,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cmpdata.dataset import ShardDataset
 from cmpdata.errors import ConfigError, FileError, UsageError
 from cmpdata.paths import check_output_dir, stopped_by_failed_write
 from cmpdata.records import Guidance
-from cmpdata.shards import ShardError
+from cmpdata.store.dataset import ShardDataset
+from cmpdata.store.shards import ShardError
 from cmpdata.viz import draw_guidance, flow_to_color, panel, save_png
 from cmpmodel.data import DamagedItem, TrainTransform, TrainTransformConfig, make_train_loader
 from cmpmodel.loss import bins_to_flow, cmp_loss

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from cmpdata.config import ExtractConfig
-from cmpdata.dataset import ShardDataset
-from cmpdata.decode import PairConfig
 from cmpdata.demo import run_stage_demo
 from cmpdata.errors import CmpDataError, ConfigError
-from cmpdata.shards import StoredSample
-from cmpdata.tools import format_verify, show_sample, verify_dataset
+from cmpdata.io.pairs import PairConfig
+from cmpdata.store.dataset import ShardDataset
+from cmpdata.store.reports import format_verify, show_sample, verify_dataset
+from cmpdata.store.shards import StoredSample
 from cmpdata.viz import save_png
 from cmpmodel.evaluate import evaluate, format_table
 from cmpmodel.propagate import propagate

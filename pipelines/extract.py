@@ -46,12 +46,17 @@ from tqdm import tqdm
 
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import iter_pairs
 from cmpdata.errors import CmpDataError, ConfigError, UsageError
 from cmpdata.filters import check_frames
 from cmpdata.flow import FlowBackend, build_flow
 from cmpdata.guidance import GuidanceSampler, build_sampler
-from cmpdata.manifest import (
+from cmpdata.io.pairs import iter_pairs
+from cmpdata.io.sources import find_sources
+from cmpdata.paths import check_output_dir, stopped_by_failed_write
+from cmpdata.plan import Plan, plan_dataset, split_of
+from cmpdata.records import Dropped, FramePair, Source, VideoInfo
+from cmpdata.stages import compute_flows, finish_sample
+from cmpdata.store.manifest import (
     FAILURES,
     MANIFEST,
     content_digest,
@@ -60,11 +65,7 @@ from cmpdata.manifest import (
     write_failures,
     write_json_atomic,
 )
-from cmpdata.paths import check_output_dir, stopped_by_failed_write
-from cmpdata.plan import Plan, plan_dataset, split_of
-from cmpdata.process import compute_flows, finish_sample
-from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.shards import (
+from cmpdata.store.shards import (
     SCHEMA_VERSION,
     EncodedSample,
     ShardError,
@@ -74,7 +75,6 @@ from cmpdata.shards import (
     shard_name,
     write_shard,
 )
-from cmpdata.sources import find_sources
 
 LOCK = ".lock"
 # Temporary files of the atomic writes (``.<name>.tmp-<pid>``). One found while holding the

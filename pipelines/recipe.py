@@ -2,7 +2,7 @@
 
 A recipe (a YAML file in ``pipelines/recipes/``, or the user's own) names the processing
 settings (an :class:`ExtractConfig`, in the same structure as a manifest's ``config``) and the
-dataset sources, each with its layout (:mod:`cmpdata.layouts`), the number of pairs the paper
+dataset sources, each with its layout (:mod:`cmpdata.io.layouts`), the number of pairs the paper
 took from it (``target``) and the frames between the first frames of candidate pairs
 (``stride``)::
 
@@ -22,7 +22,7 @@ their container metadata. Each dataset's candidate pairs are ``(t, t + gap)`` fo
 stride, 2 stride, ...`` in each source; when there are more than the target, every source
 keeps the same number of pairs as far as it has them (the largest cap that fits, the few
 pairs left over going to the sources first by a hash of their ids), spread evenly over the
-source (:func:`cmpdata.decode.pair_indices`). Splits come from a hash of the source id
+source (:func:`cmpdata.io.pairs.pair_indices`). Splits come from a hash of the source id
 (:func:`cmpdata.plan.split_of`). Nothing depends on the order of file-system listings, on
 the number of workers or on the time: the same copies give the same plan fingerprint.
 """
@@ -38,17 +38,17 @@ from typing import Any
 
 import yaml
 
-from cmpdata.codec import FlowCodec
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import PairConfig, pair_indices
 from cmpdata.errors import ConfigError, UsageError
 from cmpdata.filters import FilterConfig
 from cmpdata.guidance import GuidanceConfig
-from cmpdata.layouts import LAYOUTS, Layout, Scan, build_layout, choose_layout
-from cmpdata.manifest import write_json_atomic
+from cmpdata.io.layouts import LAYOUTS, Layout, Scan, build_layout, choose_layout
+from cmpdata.io.pairs import PairConfig, pair_indices
 from cmpdata.plan import Plan, PlannedSample, plan_dataset, split_of, unusable
 from cmpdata.records import Dropped, Source, VideoInfo
 from cmpdata.seeding import stable_hash
+from cmpdata.store.codec import FlowCodec
+from cmpdata.store.manifest import write_json_atomic
 from pipelines.extract import ExtractResult, RunSettings, extract, flow_identity
 
 RECIPES_DIR = Path(__file__).parent / "recipes"

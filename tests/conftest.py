@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cmpdata.footage import make_inputs, sample_clips
-from cmpdata.synth import make_clips
+from cmpdata.synth.clips import make_clips
+from cmpdata.synth.footage import make_inputs, sample_clips
 
 DATA = Path(__file__).parent / "data"  # git-ignored: copies of the real clips, made here
 
@@ -39,7 +39,7 @@ def real_clips() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def footage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One small input of each kind real collections hold, made from real camera clips
-    (``cmpdata.footage.make_inputs``: a few seconds, once a session)."""
+    (``cmpdata.synth.footage.make_inputs``: a few seconds, once a session)."""
     return make_inputs(tmp_path_factory.mktemp("footage"))
 
 

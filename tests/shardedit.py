@@ -8,12 +8,12 @@ from pathlib import Path
 
 import h5py
 
-from cmpdata.shards import ShardReader, write_shard
+from cmpdata.store.shards import ShardReader, write_shard
 
 
 def tamper(path: Path, row: int, **changes: object) -> None:
     """Rewrite shard ``path`` with sample ``row``'s fields replaced by ``changes`` (fields of
-    :class:`~cmpdata.shards.EncodedSample`), keeping the digests stored before the change."""
+    :class:`~cmpdata.store.shards.EncodedSample`), keeping the digests stored before the change."""
     with ShardReader(path) as reader:
         samples = [reader.encoded(i) for i in range(len(reader))]
         _, digests, _ = reader.digests()

@@ -29,7 +29,7 @@ from benchmarks.runner import (
     projections,
     saved_gpu,
 )
-from cmpdata.shards import EncodedSample
+from cmpdata.store.shards import EncodedSample
 
 
 def test_spread_gives_median_quartiles_and_extremes():

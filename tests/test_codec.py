@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cmpdata.codec import (
+from cmpdata.store.codec import (
     CMP_STEP,
     FlowCodec,
     decode_flow,

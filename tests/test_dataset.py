@@ -1,6 +1,6 @@
 """ShardDataset: indexing, split filtering, lazy opening, DataLoader workers, damaged shards.
 
-``make_dataset`` builds a tiny dataset directory (also used by ``test_tools``).
+``make_dataset`` builds a tiny dataset directory (also used by ``test_reports``).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cmpdata.codec import FlowCodec
-from cmpdata.dataset import ShardDataset
 from cmpdata.errors import CmpDataError
 from cmpdata.guidance import GuidanceConfig, build_sampler
-from cmpdata.manifest import MANIFEST, content_digest, write_json_atomic
-from cmpdata.process import guide
 from cmpdata.records import FlowSample, FramePair
-from cmpdata.shards import (
+from cmpdata.stages import guide
+from cmpdata.store.codec import FlowCodec
+from cmpdata.store.dataset import ShardDataset
+from cmpdata.store.manifest import MANIFEST, content_digest, write_json_atomic
+from cmpdata.store.shards import (
     SCHEMA_VERSION,
     EncodedSample,
     ShardError,
@@ -34,8 +34,8 @@ from cmpdata.shards import (
     encode_sample,
     write_shard,
 )
-from cmpdata.shards import shard_name as name_of
-from cmpdata.synth import SynthConfig, SyntheticClip
+from cmpdata.store.shards import shard_name as name_of
+from cmpdata.synth.clips import SynthConfig, SyntheticClip
 
 CONFIG = {"pairs": {"gap": 2}, "seed": 0}
 BACKEND = {"name": "ground-truth", "params": {}, "weights_sha256": None}

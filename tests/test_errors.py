@@ -22,7 +22,7 @@ from test_dataset import make_dataset
 
 from cmpdata.cli import main as cmpdata_main
 from cmpdata.errors import ConfigError, UsageError
-from cmpdata.shards import ShardReader, file_sha256
+from cmpdata.store.shards import ShardReader, file_sha256
 from cmpmodel.cli import main as cmpmodel_main
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -157,7 +157,7 @@ def test_a_bug_keeps_its_traceback(synth_clips, tmp_path, monkeypatch):
 
 
 def test_config_errors_are_value_errors_and_usage_errors():
-    from cmpdata.decode import PairConfig
+    from cmpdata.io.pairs import PairConfig
 
     with pytest.raises(ConfigError) as error:
         PairConfig(stride=0)

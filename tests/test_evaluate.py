@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_train import tiny_config, write_dataset
 
-from cmpdata.dataset import ShardDataset
 from cmpdata.errors import CmpDataError
+from cmpdata.store.dataset import ShardDataset
 from cmpmodel.cli import main
 from cmpmodel.evaluate import FAR_DISTANCE, METHODS, evaluate, format_table, idw_flow, nearest_flow
 from cmpmodel.propagate import propagate

@@ -16,8 +16,8 @@ runs as is, and every rerun after a kill is a real ``extract``. Faults inside th
 
 Covered elsewhere and not repeated here: a whole ``cmpdata extract`` process group killed
 from outside after its first shard, then rerun (``test_pipeline``); broken and truncated
-videos recorded (``test_pipeline``); a hanging decoder or probe killed (``test_decode``);
-each kind of damage reported on its own (``test_tools``, ``test_dataset``); exact resumption
+videos recorded (``test_pipeline``); a hanging decoder or probe killed (``test_pairs``);
+each kind of damage reported on its own (``test_reports``, ``test_dataset``); exact resumption
 of training from a mid-epoch checkpoint (``test_train``).
 """
 
@@ -46,14 +46,14 @@ from test_train import tiny_config, write_dataset
 
 import pipelines.extract as extract_module
 from cmpdata.cli import main as cmpdata_main
-from cmpdata.dataset import ShardDataset
-from cmpdata.decode import PairConfig
 from cmpdata.errors import CmpDataError, FlowWeightsError
 from cmpdata.flow import build_flow
-from cmpdata.manifest import read_failures, read_manifest
-from cmpdata.media import ffmpeg_exe
-from cmpdata.shards import ShardError, ShardReader
-from cmpdata.tools import verify_dataset
+from cmpdata.io.media import ffmpeg_exe
+from cmpdata.io.pairs import PairConfig
+from cmpdata.store.dataset import ShardDataset
+from cmpdata.store.manifest import read_failures, read_manifest
+from cmpdata.store.reports import verify_dataset
+from cmpdata.store.shards import ShardError, ShardReader
 from cmpmodel.cli import main as cmpmodel_main
 from cmpmodel.train import CheckpointError, load_checkpoint, train
 from pipelines.extract import RunSettings, extract
@@ -447,7 +447,7 @@ DISK_FULL = (
     + """
 import contextlib, resource, subprocess
 from cmpdata.cli import main
-from cmpdata.tools import verify_dataset
+from cmpdata.store.reports import verify_dataset
 
 mode, argv = sys.argv[1], json.loads(sys.argv[3])
 apply(json.loads(sys.argv[2]))
@@ -600,9 +600,9 @@ PEAK_MEMORY = """
 import json, pickle, sys
 from pathlib import Path
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import PairConfig, pair_indices
+from cmpdata.io.pairs import PairConfig, pair_indices
 from cmpdata.records import VideoInfo
-from cmpdata.sources import find_sources
+from cmpdata.io.sources import find_sources
 from pipelines.extract import WorkItem, cpu_stage
 
 video, w, h, frames, n, stride, short, batch = sys.argv[1], *map(int, sys.argv[2:])

@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from cmpdata import footage as footage_module
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import PairConfig, iter_pairs, pair_indices, read_frames
 from cmpdata.errors import DecodeError, SourceError
-from cmpdata.footage import LONG_FRAMES, ROTATIONS, make_inputs, sample_clips
+from cmpdata.io.pairs import PairConfig, iter_pairs, pair_indices, read_frames
+from cmpdata.io.sources import find_sources, probe
 from cmpdata.plan import plan_dataset
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.sources import find_sources, probe
+from cmpdata.synth import footage as footage_module
+from cmpdata.synth.footage import LONG_FRAMES, ROTATIONS, make_inputs, sample_clips
 
 #: (width, height, frames, clockwise rotation) the probe must find, as players show them.
 EXPECTED = {

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmpdata.indexclip import MAX_INDEX, index_frame, read_index, write_index_video
-from cmpdata.media import ffmpeg_exe
+from cmpdata.io.media import ffmpeg_exe
+from cmpdata.synth.indexclip import MAX_INDEX, index_frame, read_index, write_index_video
 
 
 @settings(max_examples=60, deadline=None)

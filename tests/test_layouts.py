@@ -1,6 +1,6 @@
 """Dataset layouts on small trees written the way each official download unpacks.
 
-The trees hold synthetic frames (cmpdata.synth, 64 x 96) and are shared with test_recipes.
+The trees hold synthetic frames (cmpdata.synth.clips, 64 x 96) and are shared with test_recipes.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 from cmpdata.errors import DecodeError, SourceError
-from cmpdata.layouts import (
+from cmpdata.io.layouts import (
     LAYOUTS,
     build_layout,
     choose_layout,
     image_size,
     split_runs,
 )
-from cmpdata.media import write_video
-from cmpdata.synth import SynthConfig, SyntheticClip
+from cmpdata.io.media import write_video
+from cmpdata.synth.clips import SynthConfig, SyntheticClip
 
 HEIGHT, WIDTH = 64, 96
 

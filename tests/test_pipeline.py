@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from cmpdata.config import ExtractConfig
-from cmpdata.dataset import ShardDataset
-from cmpdata.decode import PairConfig
 from cmpdata.errors import CmpDataError, UsageError
-from cmpdata.manifest import read_failures, read_manifest
-from cmpdata.tools import verify_dataset
+from cmpdata.io.pairs import PairConfig
+from cmpdata.store.dataset import ShardDataset
+from cmpdata.store.manifest import read_failures, read_manifest
+from cmpdata.store.reports import verify_dataset
 from pipelines.extract import RunSettings, extract, locked
 
 CONFIG = ExtractConfig(pairs=PairConfig(short_side=None), shard_size=4, val_fraction=0.34)

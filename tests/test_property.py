@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import PairConfig, resize_short_side
 from cmpdata.filters import FilterConfig
 from cmpdata.flow import FlowBackend, build_flow, register_flow, resize_flow
 from cmpdata.guidance import GuidanceConfig, build_sampler
-from cmpdata.process import process_source
+from cmpdata.io.pairs import PairConfig, resize_short_side
 from cmpdata.records import Dropped, Source
-from cmpdata.shards import (
+from cmpdata.stages import process_source
+from cmpdata.store.shards import (
     ShardReader,
     check_written,
     decode_image,
@@ -34,7 +34,7 @@ from cmpdata.shards import (
     encode_sample,
     write_shard,
 )
-from cmpdata.synth import SynthConfig, SyntheticClip
+from cmpdata.synth.clips import SynthConfig, SyntheticClip
 
 GAP = 2
 FILTERS = FilterConfig(shot_cut_threshold=None, static_motion_px=None, min_valid_fraction=None)

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from cmpdata.cli import main as cmpdata_main
-from cmpdata.dataset import ShardDataset
-from cmpdata.manifest import read_failures, read_manifest
+from cmpdata.store.dataset import ShardDataset
+from cmpdata.store.manifest import read_failures, read_manifest
 from cmpmodel.cli import main as cmpmodel_main
 
 pytestmark = pytest.mark.usefixtures("ray_local", "torch_one_thread")
 
-# Inputs of cmpdata.footage, beside the two real clips as shipped.
+# Inputs of cmpdata.synth.footage, beside the two real clips as shipped.
 KINDS = ("av1_mkv", "rotated90", "hevc_10bit", "vfr", "frames_damaged", "lying", "symlink_loop")
 
 

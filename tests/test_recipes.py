@@ -19,7 +19,7 @@ from test_layouts import ReversedScandir, make_trees
 
 from cmpdata.cli import main
 from cmpdata.errors import CmpDataError
-from cmpdata.manifest import read_manifest
+from cmpdata.store.manifest import read_manifest
 from pipelines.extract import RunSettings, extract, flow_identity
 from pipelines.recipe import (
     RECIPE_FILE,

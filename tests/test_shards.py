@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmpdata.codec import FlowCodec, encode_mask
 from cmpdata.errors import FileError
-from cmpdata.shards import (
+from cmpdata.store.codec import FlowCodec, encode_mask
+from cmpdata.store.shards import (
     SCHEMA_VERSION,
     EncodedSample,
     ShardError,

@@ -15,13 +15,10 @@ import numpy as np
 import pytest
 
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import PairConfig, iter_pairs
 from cmpdata.errors import CmpDataError, DecodeError, SourceError
-from cmpdata.indexclip import index_frame, write_index_video
-from cmpdata.media import ffmpeg_exe, write_video
-from cmpdata.plan import plan_dataset
-from cmpdata.records import Dropped, Source, VideoInfo
-from cmpdata.sources import (
+from cmpdata.io.media import ffmpeg_exe, write_video
+from cmpdata.io.pairs import PairConfig, iter_pairs
+from cmpdata.io.sources import (
     MIN_FRAME_BYTES,
     _pixel_format,
     check_source_size,
@@ -29,6 +26,9 @@ from cmpdata.sources import (
     natural_key,
     probe,
 )
+from cmpdata.plan import plan_dataset
+from cmpdata.records import Dropped, Source, VideoInfo
+from cmpdata.synth.indexclip import index_frame, write_index_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -330,7 +330,7 @@ from pathlib import Path
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 from cmpdata.config import ExtractConfig
 from cmpdata.plan import plan_dataset
-from cmpdata.sources import find_sources
+from cmpdata.io.sources import find_sources
 
 plan = plan_dataset(find_sources([sys.argv[1]]), ExtractConfig(), {}, progress=False)
 status = Path("/proc/self/status").read_text().splitlines()

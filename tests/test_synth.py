@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cmpdata.errors import SourceError
-from cmpdata.synth import (
+from cmpdata.synth.clips import (
     SynthConfig,
     SyntheticClip,
     load_config,

@@ -18,13 +18,13 @@ import pytest
 import torch
 import torchvision
 
-from cmpdata.codec import FlowCodec
 from cmpdata.errors import CmpDataError
 from cmpdata.guidance import GuidanceConfig, build_sampler
-from cmpdata.process import guide
 from cmpdata.records import FlowSample, FramePair
-from cmpdata.shards import encode_sample, shard_name, write_shard
-from cmpdata.synth import SynthConfig, SyntheticClip
+from cmpdata.stages import guide
+from cmpdata.store.codec import FlowCodec
+from cmpdata.store.shards import encode_sample, shard_name, write_shard
+from cmpdata.synth.clips import SynthConfig, SyntheticClip
 from cmpmodel.cli import main
 from cmpmodel.model import TinyEncoder, build_model
 from cmpmodel.train import (

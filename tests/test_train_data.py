@@ -19,12 +19,12 @@ import torch
 from test_dataset import make_dataset
 from torch.utils.data import DataLoader
 
-from cmpdata.dataset import ShardDataset
 from cmpdata.guidance import GuidanceConfig, build_sampler
 from cmpdata.records import Guidance
 from cmpdata.seeding import sample_rng
-from cmpdata.shards import StoredSample
-from cmpdata.synth import SynthConfig, SyntheticClip
+from cmpdata.store.dataset import ShardDataset
+from cmpdata.store.shards import StoredSample
+from cmpdata.synth.clips import SynthConfig, SyntheticClip
 from cmpmodel.data import (
     RGB_MEAN,
     RGB_STD,

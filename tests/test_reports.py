@@ -14,11 +14,10 @@ import pytest
 from shardedit import tamper
 from test_dataset import drop_dataset, edit_manifest, make_dataset, truncate
 
-from cmpdata.dataset import ShardDataset
 from cmpdata.errors import CmpDataError
-from cmpdata.manifest import MANIFEST
-from cmpdata.shards import ShardError, ShardReader, file_sha256, h5_errors
-from cmpdata.tools import (
+from cmpdata.store.dataset import ShardDataset
+from cmpdata.store.manifest import MANIFEST
+from cmpdata.store.reports import (
     content_digest,
     format_inspect,
     format_verify,
@@ -26,6 +25,7 @@ from cmpdata.tools import (
     show_sample,
     verify_dataset,
 )
+from cmpdata.store.shards import ShardError, ShardReader, file_sha256, h5_errors
 from cmpdata.viz import flow_figure
 
 

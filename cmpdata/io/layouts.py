@@ -54,9 +54,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, ClassVar
 
 from cmpdata.errors import CmpDataError, ConfigError, DecodeError, SourceError
+from cmpdata.io.sources import IMAGE_SUFFIXES, find_sources, natural_key
 from cmpdata.records import Dropped, Source, VideoInfo
 from cmpdata.registry import Registry
-from cmpdata.sources import IMAGE_SUFFIXES, find_sources, natural_key
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, ...): C0-CF except DHT, JPG and DAC.
@@ -421,7 +421,7 @@ class YouTubeVOS(Layout):
 @dataclass(frozen=True)
 class VideoFiles(Layout):
     """A folder of video files, searched recursively; ids are paths relative to the root.
-    Frame counts come later, from each container's metadata (``cmpdata.sources.probe``)."""
+    Frame counts come later, from each container's metadata (``cmpdata.io.sources.probe``)."""
 
     name: ClassVar[str] = "videos"
     expected: ClassVar[str] = "video files (.mp4 .webm .mkv .avi .mov) in it or below it"

@@ -15,8 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmpdata import decode
-from cmpdata.decode import (
+from cmpdata.errors import CmpDataError, DecodeError, DecodeTimeout, SourceError
+from cmpdata.io import pairs as decode
+from cmpdata.io.media import ffmpeg_exe, write_video
+from cmpdata.io.pairs import (
     PairConfig,
     _decord_reason,
     _select_expression,
@@ -25,11 +27,9 @@ from cmpdata.decode import (
     read_frames,
     resize_short_side,
 )
-from cmpdata.errors import CmpDataError, DecodeError, DecodeTimeout, SourceError
-from cmpdata.indexclip import index_frame, read_index, write_index_video
-from cmpdata.media import ffmpeg_exe, write_video
+from cmpdata.io.sources import MAX_REASON, ffmpeg_complaint, find_sources, probe
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.sources import MAX_REASON, ffmpeg_complaint, find_sources, probe
+from cmpdata.synth.indexclip import index_frame, read_index, write_index_video
 
 NUM_FRAMES = 48
 H, W = 64, 80

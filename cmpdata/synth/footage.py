@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cmpdata.errors import SourceError
-from cmpdata.media import ffmpeg_exe
+from cmpdata.io.media import ffmpeg_exe
 
 CLIPS = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
 #: shipped too, but animation, not camera footage: for benchmarks of flow storage only

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from cmpdata.config import ExtractConfig
-from cmpdata.decode import iter_pairs
 from cmpdata.filters import check_flow, check_frames
 from cmpdata.flow import FlowBackend
 from cmpdata.flow.consistency import forward_backward
 from cmpdata.guidance import GuidanceSampler
+from cmpdata.io.pairs import iter_pairs
 from cmpdata.records import Dropped, FlowSample, FramePair, GuidedSample, Source
 from cmpdata.seeding import sample_rng, sample_seed
 

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 
 from cmpdata.errors import CmpDataError, ConfigError, SourceError
-from cmpdata.media import write_video
+from cmpdata.io.media import write_video
 
 LayerKind = Literal["background", "translate", "rotate", "scale", "mixed"]
 

@@ -34,8 +34,8 @@ field               dtype      meaning
 ==================  =========  ================================================================
 
 Parts (``parts`` attribute, a JSON list): always ``image`` (the first frame, JPEG bytes, RGB
-as stored by OpenCV), ``flow`` (forward flow t0 -> t1, :mod:`cmpdata.codec` bytes), ``valid``
-(validity mask, :func:`cmpdata.codec.encode_mask` bytes; empty when no mask was computed),
+as stored by OpenCV), ``flow`` (forward flow t0 -> t1, :mod:`cmpdata.store.codec` bytes), ``valid``
+(validity mask, :func:`cmpdata.store.codec.encode_mask` bytes; empty when no mask was computed),
 ``guidance`` (K points as float32 little-endian rows ``x, y, dx, dy``: positions in pixels of
 the stored image and the flow there; 16 K bytes), in this order; then optional parts, in name
 order, present for every sample of the shard (empty where a sample has none), e.g. exact
@@ -81,9 +81,9 @@ import h5py
 import numpy as np
 
 from cmpdata import __version__
-from cmpdata.codec import FlowCodec, decode_flow, decode_mask, encode_mask
 from cmpdata.errors import FileError
 from cmpdata.records import Guidance, GuidedSample
+from cmpdata.store.codec import FlowCodec, decode_flow, decode_mask, encode_mask
 
 SCHEMA_VERSION = 2
 SPLITS = ("train", "val")

@@ -38,7 +38,7 @@ from pathlib import Path
 import cv2
 
 from cmpdata.errors import DecodeError, DecodeTimeout, SourceError
-from cmpdata.media import ffmpeg_exe
+from cmpdata.io.media import ffmpeg_exe
 from cmpdata.records import Source, VideoInfo
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov"})
@@ -315,7 +315,7 @@ def ffmpeg_complaint(lines: Iterable[str]) -> str:
 def _decord_count(path: Path, timeout: float) -> int | None:
     """decord's frame count, from a killable child; None if decord cannot open the file."""
     # Imported here: decode builds on this module, and probing only needs this one call.
-    from cmpdata.decode import decord_frame_count
+    from cmpdata.io.pairs import decord_frame_count
 
     try:
         return decord_frame_count(path, timeout)

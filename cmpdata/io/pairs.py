@@ -43,9 +43,9 @@ import numpy as np
 import simplejpeg
 
 from cmpdata.errors import ConfigError, DecodeError, DecodeTimeout, SourceError
-from cmpdata.media import ffmpeg_exe
+from cmpdata.io.media import ffmpeg_exe
+from cmpdata.io.sources import MAX_REASON, check_source_size, clip_text, ffmpeg_complaint, probe
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.sources import MAX_REASON, check_source_size, clip_text, ffmpeg_complaint, probe
 
 DECODERS = ("auto", "decord", "ffmpeg")
 
@@ -225,7 +225,7 @@ def _child_env() -> dict[str, str]:
 # X error.
 _HEADER = struct.Struct("<cqiiq")
 _SKIP_CHUNK = 16  # frames skipped between two "alive" messages
-_DECORD_CHILD = "from cmpdata.decode import _decord_main; _decord_main()"
+_DECORD_CHILD = "from cmpdata.io.pairs import _decord_main; _decord_main()"
 
 
 def _decord_main() -> None:

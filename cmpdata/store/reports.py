@@ -5,10 +5,10 @@ Each function returns data (a dict, a :class:`VerifyReport`, a path) and has a `
 companion that turns it into the text the ``cmpdata`` command prints.
 
 The dataset's content digest (``manifest.json``'s ``content_digest``) is defined by
-:func:`cmpdata.manifest.content_digest`, which both the pipeline that writes the dataset and
+:func:`cmpdata.store.manifest.content_digest`, which both the pipeline that writes the dataset and
 ``verify`` use: sha256 over one line ``"<sample id>\\t<sample digest>\\n"`` per sample, in shard
 order (shard index, then row), where the sample digest is
-:meth:`cmpdata.shards.EncodedSample.digest`, as stored in each shard's ``digest`` dataset.
+:meth:`cmpdata.store.shards.EncodedSample.digest`, as stored in each shard's ``digest`` dataset.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cmpdata.dataset import SHARD_GLOB, ListedShard, ShardDataset, check_listed, list_shards
 from cmpdata.errors import CmpDataError, UsageError
-from cmpdata.manifest import FAILURES, content_digest, read_failures, read_manifest
-from cmpdata.shards import SPLITS, ShardError, ShardReader, file_sha256, schema_problem
+from cmpdata.store.dataset import SHARD_GLOB, ListedShard, ShardDataset, check_listed, list_shards
+from cmpdata.store.manifest import FAILURES, content_digest, read_failures, read_manifest
+from cmpdata.store.shards import SPLITS, ShardError, ShardReader, file_sha256, schema_problem
 from cmpdata.viz import flow_figure, save_png
 
 _PROVENANCE = ("config", "flow_backend", "codec")
@@ -456,7 +456,7 @@ def show_sample(
     under a title naming the sample, its split, shard and row. Returns ``out``.
 
     Raises :class:`CmpDataError` naming the valid range when ``index`` is out of range, and
-    as :class:`~cmpdata.dataset.ShardDataset` does for a missing or damaged dataset.
+    as :class:`~cmpdata.store.dataset.ShardDataset` does for a missing or damaged dataset.
     """
     dataset = ShardDataset(directory_or_shard, split=split)
     n = len(dataset)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmpdata.media import write_video
+from cmpdata.io.media import write_video
 
 GRID = 6  # blocks per side: a one-block marker ring around 4x4 data blocks
 BITS = (GRID - 2) ** 2

@@ -1,9 +1,10 @@
 """Reading a dataset directory for training: a torch ``Dataset`` over the samples of its shards.
 
-A dataset directory holds ``shard-00000.h5, shard-00001.h5, ...`` (format: :mod:`cmpdata.shards`)
-and ``manifest.json`` (:mod:`cmpdata.manifest`). When the manifest says the dataset is complete,
-its list of shards is authoritative and its sample counts and file sizes are checked against
-the files; otherwise (no manifest, or a run still going) the shard files present are read.
+A dataset directory holds ``shard-00000.h5, shard-00001.h5, ...`` (format:
+:mod:`cmpdata.store.shards`) and ``manifest.json`` (:mod:`cmpdata.store.manifest`). When the
+manifest says the dataset is complete, its list of shards is authoritative and its sample
+counts and file sizes are checked against the files; otherwise (no manifest, or a run still
+going) the shard files present are read.
 
 No HDF5 file stays open after construction: each process (the main one and every DataLoader
 worker) opens the shards it reads on first use, so no handle is ever shared across a fork.
@@ -23,8 +24,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from cmpdata.errors import CmpDataError, UsageError
-from cmpdata.manifest import MANIFEST, read_manifest
-from cmpdata.shards import (
+from cmpdata.store.manifest import MANIFEST, read_manifest
+from cmpdata.store.shards import (
     SPLITS,
     ShardError,
     ShardReader,
@@ -76,7 +77,7 @@ def list_shards(root: str | Path) -> tuple[list[ListedShard], dict[str, Any] | N
 
 
 def read_columns(path: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Whole columns of one shard (:data:`~cmpdata.shards.DATASETS`), then close.
+    """Whole columns of one shard (:data:`~cmpdata.store.shards.DATASETS`), then close.
 
     String columns come back as object arrays of ``str``. Raises :class:`ShardError` naming
     the file when it is missing, not HDF5, of another schema, lacks a dataset, is corrupt, or a
@@ -117,7 +118,7 @@ class ShardDataset(Dataset):
 
     ``root`` is a dataset directory, a single shard file, or a sequence of them. ``split`` is
     ``"train"``, ``"val"`` or None (every sample). Item ``i`` is ``transform(sample)``, or the
-    :class:`~cmpdata.shards.StoredSample` itself without a transform.
+    :class:`~cmpdata.store.shards.StoredSample` itself without a transform.
 
     Construction opens every shard once, reads its small ``meta`` column and closes it again.
     A damaged shard (missing, truncated, not HDF5, lacking a dataset, or disagreeing with the
