@@ -16,18 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cmpdata.errors import CmpDataError, DecodeError, DecodeTimeout, SourceError
-from cmpdata.io import pairs as decode
-from cmpdata.io.media import ffmpeg_exe, write_video
-from cmpdata.io.pairs import (
-    PairConfig,
-    _decord_reason,
-    _select_expression,
-    iter_pairs,
-    pair_indices,
-    read_frames,
-    resize_short_side,
-)
-from cmpdata.io.sources import MAX_REASON, ffmpeg_complaint, find_sources, probe
+from cmpdata.io import decoders
+from cmpdata.io.decoders import _decord_reason, _select_expression
+from cmpdata.io.media import MAX_REASON, ffmpeg_complaint, ffmpeg_exe, write_video
+from cmpdata.io.pairs import PairConfig, iter_pairs, pair_indices, read_frames, resize_short_side
+from cmpdata.io.sources import find_sources, probe
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
 from cmpdata.synth.indexclip import index_frame, read_index, write_index_video
 
@@ -374,9 +367,9 @@ def test_a_pair_never_mixes_frames_of_two_decoders(clips, monkeypatch) -> None:
         for index in indices:
             if index > 20:
                 raise DecodeError(path, "decord: simulated failure")
-            yield index, np.full((size[1], size[0], 3), 7, np.uint8)
+            yield index, np.full((*size, 3), 7, np.uint8)
 
-    monkeypatch.setitem(decode._READERS, "decord", failing_decord)
+    monkeypatch.setitem(decoders.READERS, "decord", failing_decord)
     config = PairConfig(gap=3, stride=10, short_side=None, decoder="auto")
     items = list(iter_pairs(source_of(clips["mp4"]), config, info=probe_info()))
     assert all(isinstance(p, FramePair) for p in items)
@@ -391,10 +384,10 @@ def test_a_pair_never_mixes_frames_of_two_decoders(clips, monkeypatch) -> None:
 def test_a_bad_video_frame_drops_only_its_pairs(clips, monkeypatch) -> None:
     # A decoder that gives one frame of another size, then goes on.
     def odd_decord(path, indices, timeout, size):
-        for index, frame in decode._read_ffmpeg(path, indices, timeout, size):
+        for index, frame in decoders._read_ffmpeg(path, indices, timeout, size):
             yield index, frame[:-2] if index == 13 else frame
 
-    monkeypatch.setitem(decode._READERS, "decord", odd_decord)
+    monkeypatch.setitem(decoders.READERS, "decord", odd_decord)
     config = PairConfig(gap=3, stride=10, short_side=None, decoder="decord")
     items = list(iter_pairs(source_of(clips["mp4"]), config, info=probe_info()))
     assert [(x.t0, x.t1, type(x).__name__) for x in items] == [

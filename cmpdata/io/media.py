@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -91,3 +92,37 @@ def write_video(
         path.unlink(missing_ok=True)
         raise
     return path
+
+
+_LOG_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
+
+
+MAX_CAUSE = 100  # characters kept of one message of a decoder in a failure reason
+MAX_REASON = 300  # characters kept of a decoder's messages together
+
+
+def clip_text(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut marked by ``...``.
+
+    Failure reasons end up one per line in failures.jsonl and the summary: a decoder's
+    message (an ffmpeg filter may quote a 40 KB expression) must not swamp them.
+    """
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def ffmpeg_complaint(lines: Iterable[str]) -> str:
+    """The causes in ffmpeg's log lines (the last three distinct ones), joined by ``"; "``,
+    each cut to :data:`MAX_CAUSE` characters and the whole to :data:`MAX_REASON`."""
+    causes: list[str] = []
+    last = ""
+    for line in lines:
+        last = line.strip() or last
+        # Only lines logged by an ffmpeg component ("[in#0 @ 0x...] ...") carry the cause.
+        if not _LOG_PREFIX.match(line):
+            continue
+        text = _LOG_PREFIX.sub("", line).strip().removeprefix("Error opening input: ")
+        text = clip_text(text, MAX_CAUSE)
+        if text and "misdetection possible" not in text and text not in causes:
+            causes.append(text)
+    found = "; ".join(causes[-3:]) or clip_text(last, MAX_CAUSE) or "ffmpeg gave no reason"
+    return clip_text(found, MAX_REASON)

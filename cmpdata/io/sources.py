@@ -31,14 +31,15 @@ import itertools
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
 import cv2
 
 from cmpdata.errors import DecodeError, DecodeTimeout, SourceError
-from cmpdata.io.media import ffmpeg_exe
+from cmpdata.io.decoders import decord_frame_count
+from cmpdata.io.media import ffmpeg_complaint, ffmpeg_exe
 from cmpdata.records import Source, VideoInfo
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov"})
@@ -278,45 +279,8 @@ def _rotation(block: list[str]) -> int:
     return 0
 
 
-_LOG_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
-
-
-MAX_CAUSE = 100  # characters kept of one message of a decoder in a failure reason
-MAX_REASON = 300  # characters kept of a decoder's messages together
-
-
-def clip_text(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` characters, the cut marked by ``...``.
-
-    Failure reasons end up one per line in failures.jsonl and the summary: a decoder's
-    message (an ffmpeg filter may quote a 40 KB expression) must not swamp them.
-    """
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def ffmpeg_complaint(lines: Iterable[str]) -> str:
-    """The causes in ffmpeg's log lines (the last three distinct ones), joined by ``"; "``,
-    each cut to :data:`MAX_CAUSE` characters and the whole to :data:`MAX_REASON`."""
-    causes: list[str] = []
-    last = ""
-    for line in lines:
-        last = line.strip() or last
-        # Only lines logged by an ffmpeg component ("[in#0 @ 0x...] ...") carry the cause.
-        if not _LOG_PREFIX.match(line):
-            continue
-        text = _LOG_PREFIX.sub("", line).strip().removeprefix("Error opening input: ")
-        text = clip_text(text, MAX_CAUSE)
-        if text and "misdetection possible" not in text and text not in causes:
-            causes.append(text)
-    found = "; ".join(causes[-3:]) or clip_text(last, MAX_CAUSE) or "ffmpeg gave no reason"
-    return clip_text(found, MAX_REASON)
-
-
 def _decord_count(path: Path, timeout: float) -> int | None:
     """decord's frame count, from a killable child; None if decord cannot open the file."""
-    # Imported here: decode builds on this module, and probing only needs this one call.
-    from cmpdata.io.pairs import decord_frame_count
-
     try:
         return decord_frame_count(path, timeout)
     except DecodeTimeout:
