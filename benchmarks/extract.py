@@ -59,7 +59,7 @@ from benchmarks.common import (
     shard_attrs,
 )
 from cmpdata.config import ExtractConfig
-from cmpdata.filters import check_flow, check_frames
+from cmpdata.filters import flow_rejection, frames_rejection
 from cmpdata.flow import build_flow
 from cmpdata.guidance import build_sampler
 from cmpdata.io.pairs import iter_pairs
@@ -191,10 +191,10 @@ def stage_budget(inputs: list[str], config: ExtractConfig) -> dict[str, float]:
             if isinstance(pair, Dropped):
                 continue
             count += 1
-            if timed("frame filters", lambda p=pair: check_frames(p, config.filters)):
+            if timed("frame filters", lambda p=pair: frames_rejection(p, config.filters)):
                 continue
             (sample,) = timed("flow", lambda p=pair: compute_flows([p], flow, config.consistency))
-            if timed("flow filters", lambda s=sample: check_flow(s, config.filters)):
+            if timed("flow filters", lambda s=sample: flow_rejection(s, config.filters)):
                 continue
             guided = timed("guidance", lambda s=sample: guide(s, sampler, config.seed))
             timed(

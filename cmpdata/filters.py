@@ -7,7 +7,7 @@ Two kinds of check, run at two points of the pipeline:
   validity mask, when there is one, rejects most of the frame).
 
 Each check returns ``None`` to keep the pair or a sentence naming the measured value and the
-threshold; :func:`check_frames` and :func:`check_flow` turn the first such sentence into a
+threshold; :func:`frames_rejection` and :func:`flow_rejection` turn the first such sentence into a
 :class:`~cmpdata.records.Dropped` record. Every threshold lives in :class:`FilterConfig`, and
 ``None`` switches its check off.
 
@@ -26,8 +26,7 @@ import cv2
 import numpy as np
 
 from cmpdata.errors import ConfigError
-from cmpdata.records import Dropped, FlowSample, FramePair, check_image
-from cmpdata.records import check_flow as check_flow_array
+from cmpdata.records import Dropped, FlowSample, FramePair, check_flow, check_image
 
 # A border row or column may hold compression ringing or a few stray bright pixels: it stays
 # border unless more than this fraction of its pixels reach the threshold (a 99th percentile).
@@ -201,7 +200,7 @@ def static(flow: np.ndarray, motion_px: float | None, min_fraction: float | None
     """
     if motion_px is None or min_fraction is None:
         return None
-    check_flow_array("flow", flow)
+    check_flow("flow", flow)
     moving = float(np.mean(np.hypot(flow[..., 0], flow[..., 1]) > motion_px))
     if moving >= min_fraction:
         return None
@@ -251,12 +250,12 @@ _FLOW_CHECKS: tuple[tuple[str, Callable[[FlowSample, FilterConfig], str | None]]
 )
 
 
-def check_frames(pair: FramePair, config: FilterConfig) -> Dropped | None:
+def frames_rejection(pair: FramePair, config: FilterConfig) -> Dropped | None:
     """The first frame check that rejects ``pair`` as a :class:`Dropped`, or ``None``."""
     return _first_rejection(_FRAME_CHECKS, pair, pair, config)
 
 
-def check_flow(sample: FlowSample, config: FilterConfig) -> Dropped | None:
+def flow_rejection(sample: FlowSample, config: FilterConfig) -> Dropped | None:
     """The first flow check that rejects ``sample`` as a :class:`Dropped`, or ``None``."""
     return _first_rejection(_FLOW_CHECKS, sample, sample.pair, config)
 

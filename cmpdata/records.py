@@ -180,9 +180,13 @@ class Guidance:
 class GuidedSample:
     """A flow sample with the guidance drawn for it and the seed that drew it."""
 
-    sample: FlowSample
+    flow_sample: FlowSample
     guidance: Guidance
     seed: int
+
+    @property
+    def sample_id(self) -> str:
+        return self.flow_sample.sample_id
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cmpdata.cli import Parser
-from cmpdata.errors import CmpDataError, ConfigError, UsageError
+from cmpdata.errors import ConfigError, UsageError
+from cmpdata.options import Parser, load_options_file, run_command
 from cmpdata.paths import check_output_file
 from cmpmodel import __version__
 from cmpmodel.evaluate import evaluate, format_table
@@ -43,17 +41,13 @@ def read_train_config(args: argparse.Namespace) -> Any:
     :class:`UsageError` for an unreadable file or an unknown key."""
     values: dict[str, Any] = {}
     if args.config is not None:
-        path = Path(args.config)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise UsageError(f"{path}: cannot read the configuration ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{path}: the configuration must be a mapping of TrainConfig keys")
+        loaded = load_options_file(args.config)
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(loaded) - known)
         if unknown:
-            raise UsageError(f"{path}: unknown keys {unknown}; TrainConfig has {sorted(known)}")
+            raise UsageError(
+                f"{args.config}: unknown keys {unknown}; TrainConfig has {sorted(known)}"
+            )
         values.update(loaded)
     values.update({k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k) is not None})
     for flag in ("resume", "skip_damaged"):
@@ -108,14 +102,13 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = Parser(
         prog="cmpmodel", description="Train and evaluate Conditional Motion Propagation models."
     )
     parser.add_argument("--version", action="version", version=f"cmpmodel {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    train = commands.add_parser("train", help="train CMP (torchrun for several processes)")
+    train = parser.command("train", help="train CMP (torchrun for several processes)")
     train.add_argument("--data", nargs="+", help="dataset directories")
     train.add_argument("--out", help="run directory (log.csv, pictures/, checkpoint.pt)")
     train.add_argument("--config", help="YAML file of TrainConfig keys")
@@ -145,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
-    ev = commands.add_parser("eval", help="EPE of a model and of baselines on a split")
+    ev = parser.command("eval", help="EPE of a model and of baselines on a split")
     ev.add_argument("--data", nargs="+", required=True, help="dataset directories")
     ev.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
     ev.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate")
@@ -154,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the result to this JSON file")
     ev.set_defaults(func=cmd_eval)
 
-    prop = commands.add_parser("propagate", help="propagate given guides over one image")
+    prop = parser.command("propagate", help="propagate given guides over one image")
     prop.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
     prop.add_argument("--image", required=True, help="image file to propagate over")
     prop.add_argument("--guide", required=True, nargs="+", type=parse_guide, metavar="X,Y,DX,DY",
@@ -162,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--out", required=True, help="PNG to write")
     prop.set_defaults(func=cmd_propagate)
 
-    export = commands.add_parser("export-encoder", help="save the trained image encoder")
+    export = parser.command("export-encoder", help="save the trained image encoder")
     export.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
     export.add_argument("--out", required=True, help=".pth file to write")
     export.set_defaults(func=cmd_export_encoder)
@@ -171,13 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except CmpDataError as exc:  # UsageError: 2, nothing done; others: 1
-        print(f"cmpmodel: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run_command("cmpmodel", lambda: args.func(args))
 
 
 if __name__ == "__main__":

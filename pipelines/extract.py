@@ -1,32 +1,29 @@
-"""``cmpdata extract``: videos in, a directory of HDF5 shards out, through Ray Data.
+"""``cmpdata extract``, the driver: videos in, a directory of HDF5 shards out, through Ray Data.
 
 The run, in order:
 
-1. lock the output directory (a second run on it refuses), check it is writable;
-2. build the flow backend once on the driver (its identity goes into the fingerprint, and a
-   missing weights file fails here, before any work);
-3. plan (:mod:`cmpdata.plan`): the ordered samples and their shards;
-4. compare with what the directory already holds: same plan -> resume (finished shards are
-   kept), different -> refuse naming the differences, unless ``overwrite``;
-5. stream the unfinished shards' work through Ray Data. With GPUs: decode (CPU tasks) ->
-   flow (an actor pool, batched, one actor per GPU) -> filters, guidance, encoding (CPU
-   tasks). On CPU the same three steps run in one task per work item, so that frames stay in
-   the worker that decoded them (measured in ``benchmarks/extract.py``: passing each pair's
-   frames through the object store and starting flow actors made 2 workers slower than a
-   plain loop on 2 cores). The driver gathers each shard's samples and writes the shard when
-   its last planned sample has arrived (atomic file, then its ``shard-NNNNN.json`` marker);
+1. check everything a user can get wrong before creating anything: the output path, the
+   inputs, the flow backend (its identity goes into the fingerprint, and a missing weights
+   file fails here), the Ray cluster and its GPUs; lock the output directory if it exists (a
+   second run on it refuses);
+2. plan (:mod:`cmpdata.plan`): the ordered samples and their shards;
+3. compare with what the directory already holds (:mod:`cmpdata.store.directory`): same
+   plan -> resume (finished shards are kept), different -> refuse naming the differences,
+   unless ``overwrite``;
+4. stream the unfinished shards' work through Ray Data (:mod:`pipelines.stages`). With GPUs:
+   decode (CPU tasks) -> flow (an actor pool, batched, one actor per GPU) -> filters,
+   guidance, encoding (CPU tasks). On CPU the same three steps run in one task per work
+   item, so that frames stay in the worker that decoded them (measured in
+   ``benchmarks/extract.py``: passing each pair's frames through the object store and
+   starting flow actors made 2 workers slower than a plain loop on 2 cores);
+5. gather: each shard is written when its last planned sample has arrived (atomic file,
+   read back, then its ``shard-NNNNN.json`` done marker);
 6. write ``failures.jsonl`` and the completed ``manifest.json``.
-
-Rows travel between stages as ``{"shard": int, "payload": bytes}``: the payload is a pickled
-record (:class:`WorkItem`, ``FramePair``, ``FlowSample``, ``EncodedSample`` or ``Dropped``), so
-ragged frames of different sizes and dropped pairs share one schema.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import itertools
 import json
 import logging
 import os
@@ -37,49 +34,41 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
-from cmpdata.errors import CmpDataError, ConfigError, UsageError
-from cmpdata.filters import check_frames
-from cmpdata.flow import FlowBackend, build_flow
-from cmpdata.guidance import GuidanceSampler, build_sampler
-from cmpdata.io.pairs import iter_pairs
+from cmpdata.errors import ConfigError, UsageError
+from cmpdata.flow import build_flow
 from cmpdata.io.sources import find_sources
-from cmpdata.paths import check_output_dir, stopped_by_failed_write
-from cmpdata.plan import Plan, plan_dataset, split_of
-from cmpdata.records import Dropped, FramePair, Source, VideoInfo
-from cmpdata.stages import compute_flows, finish_sample
+from cmpdata.paths import check_output_dir
+from cmpdata.plan import Plan, plan_dataset
+from cmpdata.records import Dropped
+from cmpdata.store.directory import (
+    check_existing,
+    finished_shards,
+    locked,
+    prepare_output,
+    read_marker,
+    remove_temporary,
+    write_errors,
+    write_finished_shard,
+)
 from cmpdata.store.manifest import (
     FAILURES,
     MANIFEST,
     content_digest,
     read_failures,
-    read_manifest,
     write_failures,
     write_json_atomic,
 )
-from cmpdata.store.shards import (
-    SCHEMA_VERSION,
-    EncodedSample,
-    ShardError,
-    check_written,
-    encode_sample,
-    schema_problem,
-    shard_name,
-    write_shard,
-)
+from cmpdata.store.shards import SCHEMA_VERSION, EncodedSample, shard_name
+from pipelines.stages import FlowStage, WorkItem, cpu_stage, decode_stage, finish_stage
 
-LOCK = ".lock"
-# Temporary files of the atomic writes (``.<name>.tmp-<pid>``). One found while holding the
-# lock was left by a run killed in the middle of a write.
-TEMPORARY = (".shard-*.tmp-*", f".{MANIFEST}.tmp-*", f".{FAILURES}.tmp-*")
 # A work item is a run of pairs of one source within one shard. Each item decodes its video
 # from the start, so long videos should not be cut into many items; but a small dataset needs
 # enough items to keep every worker busy. Items hold at least MIN_PAIRS_PER_ITEM pairs and
@@ -110,14 +99,6 @@ class RunSettings:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.connect_timeout > 0:
             raise ConfigError(f"connect_timeout must be > 0 s, got {self.connect_timeout}")
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    shard: int
-    source: Source
-    info: VideoInfo
-    pairs: tuple[tuple[int, int], ...]
 
 
 @dataclass
@@ -164,239 +145,7 @@ class ExtractResult:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- stages (run in Ray workers)
-
-
-def _batch(shards: Sequence[int], records: Sequence[object]) -> dict[str, np.ndarray]:
-    payload = np.empty(len(records), dtype=object)
-    payload[:] = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
-    return {"shard": np.asarray(shards, np.int64).reshape(-1), "payload": payload}
-
-
-def _unbatch(batch: dict[str, np.ndarray]) -> tuple[list[int], list[object]]:
-    return [int(s) for s in batch["shard"]], [pickle.loads(p) for p in batch["payload"]]
-
-
-def _limit_threads() -> None:
-    # One worker, one core: Ray runs as many workers as cores, and OpenCV would otherwise
-    # start a thread per core in each of them.
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-def decode_item(item: WorkItem, config: ExtractConfig) -> Iterator[FramePair | Dropped]:
-    """One work item's frame pairs (after the frame filters) and dropped pairs, streamed: a
-    consumer that takes them a batch at a time holds one batch of frames, however long the
-    item."""
-    seen: set[tuple[int, int]] = set()
-    try:
-        for x in iter_pairs(item.source, config.pairs, item.info, config.filters.crop, item.pairs):
-            seen.add((x.t0, x.t1))
-            dropped = x if isinstance(x, Dropped) else check_frames(x, config.filters)
-            yield dropped if dropped is not None else x
-    except CmpDataError as exc:
-        yield from [Dropped(item.source.id, t0, t1, "decode", str(exc))
-                    for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
-    except Exception as exc:  # a crash in a decoding library must not end a long run
-        reason = f"unexpected error: {type(exc).__name__}: {exc}"
-        yield from [Dropped(item.source.id, t0, t1, "error", reason)
-                    for t0, t1 in item.pairs if (t0, t1) not in seen]  # fmt: skip
-
-
-def _item_rows(item: WorkItem, records: Sequence[object]) -> list[dict[str, Any]]:
-    batch = _batch([item.shard] * len(records), records)
-    return [{"shard": item.shard, "payload": p} for p in batch["payload"]]
-
-
-def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, Any]]:
-    """Ray Data flat_map: one work item -> its frame pairs and dropped pairs."""
-    _limit_threads()
-    item: WorkItem = pickle.loads(row["payload"])
-    return _item_rows(item, list(decode_item(item, config)))
-
-
-def flow_records(records: Sequence[object], backend: FlowBackend, consistency: bool
-                 ) -> list[object]:  # fmt: skip
-    """Each FramePair -> its FlowSample (computed as one batch); other records pass through."""
-    out = list(records)
-    todo = [i for i, r in enumerate(out) if isinstance(r, FramePair)]
-    flows = compute_flows([out[i] for i in todo], backend, consistency)
-    for i, sample in zip(todo, flows, strict=True):
-        out[i] = sample
-    return out
-
-
-class FlowStage:
-    """Ray Data actor: builds the flow backend once, then computes flows batch by batch."""
-
-    def __init__(self, config: ExtractConfig, options: dict[str, Any]) -> None:
-        _limit_threads()
-        self.backend: FlowBackend = build_flow(config.flow, **options)
-        self.consistency = config.consistency
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shards, records = _unbatch(batch)
-        return _batch(shards, flow_records(records, self.backend, self.consistency))
-
-
-def finish_records(records: Sequence[object], sampler: GuidanceSampler, config: ExtractConfig
-                   ) -> list[object]:  # fmt: skip
-    """Flow filters, guidance and encoding: each FlowSample -> EncodedSample (or Dropped)."""
-    out: list[object] = []
-    for record in records:
-        result = record if isinstance(record, Dropped) else finish_sample(record, sampler, config)
-        if not isinstance(result, Dropped):
-            split = split_of(result.sample.pair.source_id, config.val_fraction)
-            result = encode_sample(result, split, config.codec, config.jpeg_quality)
-        out.append(result)
-    return out
-
-
-def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[str, np.ndarray]:
-    """Ray Data map_batches: flow samples -> encoded samples (or dropped pairs)."""
-    _limit_threads()
-    shards, records = _unbatch(batch)
-    return _batch(shards, finish_records(records, build_sampler(config.guidance), config))
-
-
-_BACKENDS: dict[str, FlowBackend] = {}  # per worker process: Ray reuses its task workers
-
-
-def cpu_stage(row: dict[str, Any], config: ExtractConfig, options: dict[str, Any],
-              batch_size: int) -> list[dict[str, Any]]:  # fmt: skip
-    """Ray Data flat_map for a CPU flow backend: one work item through every stage."""
-    _limit_threads()
-    item: WorkItem = pickle.loads(row["payload"])
-    key = json.dumps([config.flow, options], sort_keys=True, default=str)
-    if key not in _BACKENDS:
-        _BACKENDS[key] = build_flow(config.flow, **options)
-    sampler = build_sampler(config.guidance)
-    out: list[object] = []
-    # Frames are decoded a batch at a time: an item of a long video never holds all its frames.
-    with contextlib.closing(decode_item(item, config)) as records:
-        while batch := list(itertools.islice(records, batch_size)):
-            flowed = flow_records(batch, _BACKENDS[key], config.consistency)
-            out += finish_records(flowed, sampler, config)
-    return _item_rows(item, out)
-
-
 # ---------------------------------------------------------------- driver
-
-
-@contextlib.contextmanager
-def locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` for the run; the OS drops it if the process dies."""
-    handle = open(out / LOCK, "a+")  # noqa: SIM115 (held for the whole run)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(
-                f"{out}: another cmpdata extract is writing to this directory; "
-                "wait for it to finish or choose another --out"
-            ) from None
-        yield
-    finally:
-        handle.close()
-
-
-def prepare_output(out: Path) -> None:
-    """Create ``out`` and prove it is writable, before any work starts."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{out}: cannot create the output directory ({exc.strerror})") from None
-    check_output_dir(out)
-
-
-# What a run stopped by a failed write (disk full) says to do next.
-_FINISH = ("the shards already written are kept: free space (or raise the file-size limit) "
-           "and rerun the same command to finish the dataset")  # fmt: skip
-
-
-def write_errors(path: Path) -> contextlib.AbstractContextManager[None]:
-    """:func:`cmpdata.paths.write_errors` with the advice of an extraction."""
-    return stopped_by_failed_write(path, _FINISH)
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): data}
-
-
-def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable ``key: old -> new`` lines for two (nested) configurations."""
-    a, b = _flatten(old), _flatten(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k)]  # fmt: skip
-
-
-def _stats_path(out: Path, index: int) -> Path:
-    return out / shard_name(index).replace(".h5", ".json")
-
-
-def _remove(out: Path, patterns: Sequence[str]) -> None:
-    for pattern in patterns:
-        for path in out.glob(pattern):
-            path.unlink()
-
-
-def _clear(out: Path) -> None:
-    _remove(out, ("shard-*.h5", "shard-*.json", MANIFEST, FAILURES, *TEMPORARY))
-
-
-def finished_shards(out: Path, plan: Plan) -> set[int]:
-    """Shards whose file and done marker are present and belong to this plan."""
-    done = set()
-    for index in range(plan.num_shards):
-        stats = _stats_path(out, index)
-        if not stats.exists() or not (out / shard_name(index)).exists():
-            continue
-        try:
-            data = json.loads(stats.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if (data.get("fingerprint") == plan.fingerprint
-                and (out / shard_name(index)).stat().st_size == data.get("bytes")):  # fmt: skip
-            done.add(index)
-    return done
-
-
-def check_existing(out: Path, plan: Plan, overwrite: bool) -> None:
-    """Refuse to mix two different datasets in one directory (unless ``overwrite``)."""
-    if not (out / MANIFEST).exists():
-        if any(out.glob("shard-*.h5")) and not overwrite:
-            raise UsageError(
-                f"{out}: holds shards but no manifest; use --overwrite to replace them"
-            )
-        if overwrite:
-            _clear(out)
-        return
-    old = read_manifest(out)
-    problem = schema_problem(old.get("schema_version"))
-    if old.get("plan_fingerprint") == plan.fingerprint and not problem:
-        return
-    if overwrite:
-        _clear(out)
-        return
-    if problem:
-        raise UsageError(f"{out}: holds a dataset {problem}")
-    lines = differences(
-        {"config": old.get("config"), "flow_backend": old.get("flow_backend")},
-        {"config": plan.config.to_dict(), "flow_backend": plan.flow_identity},
-    )
-    if not lines:
-        lines = [f"the planned samples differ: {old.get('num_planned')} -> {len(plan.samples)} "
-                 "(other input videos, or their frame counts changed)"]  # fmt: skip
-    raise UsageError(
-        f"{out} holds a dataset made with other options; use --overwrite to replace it, "
-        "or another --out. Differences:\n  " + "\n  ".join(lines)
-    )
 
 
 def work_items(plan: Plan, shards: Sequence[int], workers: int) -> list[WorkItem]:
@@ -566,23 +315,8 @@ class ShardCollector:
         order = self.expected.pop(index)
         records = sorted(self.results.pop(index).values(), key=lambda r: order[r.sample_id])
         samples = [r for r in records if isinstance(r, EncodedSample)]
-        path = self.out / shard_name(index)
-        with write_errors(path):
-            info = write_shard(path, samples, {**self.attrs, "shard_index": index})
-        # Read back from disk before the done marker: a shard that does not read back as
-        # written is removed, never counted as finished (a rerun writes it again).
-        try:
-            check_written(path, info, [s.sample_id for s in samples])
-        except ShardError:
-            path.unlink()
-            raise
-        with write_errors(path):
-            write_json_atomic(_stats_path(self.out, index), {
-                "fingerprint": self.plan.fingerprint, **info.record(), "index": index,
-                "samples": [[s.sample_id, d, s.split] for s, d in zip(samples, info.digests,
-                                                                      strict=True)],
-                "dropped": [asdict(r) for r in records if isinstance(r, Dropped)],
-            })  # fmt: skip
+        dropped = [r for r in records if isinstance(r, Dropped)]
+        write_finished_shard(self.out, index, samples, dropped, self.attrs, self.plan.fingerprint)
 
     @property
     def pending(self) -> list[int]:
@@ -603,7 +337,7 @@ def _manifest(out: Path, plan: Plan, attrs: dict[str, Any], complete: bool) -> d
         per_source[s.source_id]["planned"] += 1
     if complete:
         for index in range(plan.num_shards):
-            data = json.loads(_stats_path(out, index).read_text())
+            data = read_marker(out, index)
             shards.append({k: data[k] for k in ("name", "num_samples", "sha256", "bytes", "index")})
             for sample_id, digest, split in data["samples"]:
                 ids.append((sample_id, digest))
@@ -667,13 +401,14 @@ def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
         if not out.exists():
             prepare_output(out)
             held.enter_context(locked(out))
-        _remove(out, TEMPORARY)
-        check_existing(out, plan, run.overwrite)
+        remove_temporary(out)
+        defines = {"config": plan.config.to_dict(), "flow_backend": plan.flow_identity}
+        check_existing(out, plan.fingerprint, defines, len(plan.samples), run.overwrite)
         attrs = {"config": {**plan.config.to_dict(), "inputs": list(inputs)},
                  "flow_backend": identity, "codec": config.codec.params()}  # fmt: skip
         with write_errors(out / MANIFEST):
             write_json_atomic(out / MANIFEST, _manifest(out, plan, attrs, complete=False))
-        done = finished_shards(out, plan)
+        done = finished_shards(out, plan.fingerprint, plan.num_shards)
         todo = [i for i in range(plan.num_shards) if i not in done]
         collector = ShardCollector(out, plan, attrs, todo)
         total = sum(len(plan.shard(i)) for i in todo)

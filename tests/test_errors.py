@@ -20,10 +20,10 @@ import torch
 from shardedit import tamper
 from test_dataset import make_dataset
 
-from cmpdata.cli import main as cmpdata_main
 from cmpdata.errors import ConfigError, UsageError
 from cmpdata.store.shards import ShardReader, file_sha256
 from cmpmodel.cli import main as cmpmodel_main
+from pipelines.cli import main as cmpdata_main
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -134,7 +134,7 @@ def test_address_auto_with_no_ray_running(synth_clips, tmp_path):
         pytest.skip("needs unshare with PID and mount namespaces (root)")
     script = (
         "import subprocess, sys; subprocess.run(['mount', '-t', 'tmpfs', 'tmpfs', '/tmp/ray'],"
-        " check=True); from cmpdata.cli import main; sys.exit(main(sys.argv[1:]))"
+        " check=True); from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     Path("/tmp/ray").mkdir(exist_ok=True)
     argv = extract(synth_clips / "clip000.mp4", tmp_path / "ds", "--address", "auto")

@@ -45,7 +45,6 @@ from test_pipeline import CONFIG, QUIET, videos
 from test_train import tiny_config, write_dataset
 
 import pipelines.extract as extract_module
-from cmpdata.cli import main as cmpdata_main
 from cmpdata.errors import CmpDataError, FlowWeightsError
 from cmpdata.flow import build_flow
 from cmpdata.io.media import ffmpeg_exe
@@ -56,6 +55,7 @@ from cmpdata.store.reports import verify_dataset
 from cmpdata.store.shards import ShardError, ShardReader
 from cmpmodel.cli import main as cmpmodel_main
 from cmpmodel.train import CheckpointError, load_checkpoint, train
+from pipelines.cli import main as cmpdata_main
 from pipelines.extract import RunSettings, extract
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ RUN = (
 apply(json.loads(sys.argv[1]))
 command = json.loads(sys.argv[2])
 if command[0] == "cmpdata":
-    from cmpdata.cli import main
+    from pipelines.cli import main
     sys.exit(main(command[1:]))
 from cmpmodel.train import TrainConfig, train
 train(TrainConfig(**command[1]))
@@ -446,7 +446,7 @@ DISK_FULL = (
     FAULTY
     + """
 import contextlib, resource, subprocess
-from cmpdata.cli import main
+from pipelines.cli import main
 from cmpdata.store.reports import verify_dataset
 
 mode, argv = sys.argv[1], json.loads(sys.argv[3])
@@ -505,7 +505,7 @@ READ_ONLY = """
 import contextlib, io, json, subprocess, sys
 from pathlib import Path
 import pipelines.extract
-from cmpdata.cli import main
+from pipelines.cli import main
 
 root, argv = Path(sys.argv[1]), json.loads(sys.argv[2])
 root.mkdir(parents=True)
@@ -603,7 +603,7 @@ from cmpdata.config import ExtractConfig
 from cmpdata.io.pairs import PairConfig, pair_indices
 from cmpdata.records import VideoInfo
 from cmpdata.io.sources import find_sources
-from pipelines.extract import WorkItem, cpu_stage
+from pipelines.stages import WorkItem, cpu_stage
 
 video, w, h, frames, n, stride, short, batch = sys.argv[1], *map(int, sys.argv[2:])
 config = ExtractConfig(pairs=PairConfig(gap=1, stride=stride, short_side=short or None),
@@ -749,7 +749,7 @@ def test_damaged_shards_are_named_and_skipped_unopened(clean, tmp_path, monkeypa
     report = verify_dataset(out, progress=False)
     assert sorted({p.shard for p in report.problems}) == [f"shard-0000{i}.h5" for i in range(3)]
     proc = subprocess.run(
-        [sys.executable, "-m", "cmpdata.cli", "verify", str(out), "--quiet"],
+        [sys.executable, "-m", "pipelines.cli", "verify", str(out), "--quiet"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -853,9 +853,11 @@ def test_config_files_and_checkpoints_cannot_run_code(tmp_path, capsys):
     capsys.readouterr()
     argv = ["extract", "--videos", "v", "--out", str(tmp_path / "o")]
     assert cmpdata_main([*argv, "--config", str(evil_yaml)]) == 2
-    assert capsys.readouterr().err.startswith(f"cmpdata: error: {evil_yaml}: not valid YAML")
+    err = capsys.readouterr().err
+    assert err.startswith(f"cmpdata: error: {evil_yaml}: not valid YAML") and err.count("\n") == 1
     assert cmpmodel_main(["train", "--data", "d", "--config", str(evil_yaml)]) == 2
-    assert capsys.readouterr().err.startswith(f"cmpmodel: error: {evil_yaml}: cannot read")
+    err = capsys.readouterr().err
+    assert err.startswith(f"cmpmodel: error: {evil_yaml}: not valid YAML") and err.count("\n") == 1
     assert not marker.exists()
 
     evil_checkpoint = tmp_path / "evil.pt"

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from cmpdata.filters import (
     FilterConfig,
-    check_flow,
-    check_frames,
     cut_score,
     detect_letterbox,
+    flow_rejection,
+    frames_rejection,
     mostly_invalid,
     shot_cut,
     static,
@@ -58,7 +58,7 @@ def shifted_pair(seed: int, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_cut_between_two_scenes_is_dropped(seed):
     frame0, frame1 = texture(seed), texture(seed + 100)
-    dropped = check_frames(pair_of(frame0, frame1), FilterConfig())
+    dropped = frames_rejection(pair_of(frame0, frame1), FilterConfig())
     assert dropped is not None
     assert (dropped.source_id, dropped.t0, dropped.t1) == ("clip.mp4", 10, 13)
     assert dropped.stage == "filter:shot_cut"
@@ -75,7 +75,7 @@ def test_ordinary_motion_and_lighting_are_kept(seed, dx, dy, gain):
     frame0, frame1 = shifted_pair(seed, dx, dy)
     frame1 = brighter(frame1, gain)
     assert cut_score(frame0, frame1) < FilterConfig().shot_cut_threshold
-    assert check_frames(pair_of(frame0, frame1), FilterConfig()) is None
+    assert frames_rejection(pair_of(frame0, frame1), FilterConfig()) is None
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -181,24 +181,24 @@ def flow_sample(flow: np.ndarray, valid: np.ndarray | None = None) -> FlowSample
 
 def test_check_flow_names_the_failing_check():
     moving = flow_with_moving_block(50, 100)
-    assert check_flow(flow_sample(moving, mask(0.9)), FilterConfig()) is None
+    assert flow_rejection(flow_sample(moving, mask(0.9)), FilterConfig()) is None
 
     still = np.zeros((100, 100, 2), np.float32)
-    dropped = check_flow(flow_sample(still), FilterConfig())
+    dropped = flow_rejection(flow_sample(still), FilterConfig())
     assert dropped is not None
     assert dropped.stage == "filter:static"
     assert dropped.sample_id == "clip.mp4#000010-000013"
 
-    dropped = check_flow(flow_sample(moving, mask(0.3)), FilterConfig())
+    dropped = flow_rejection(flow_sample(moving, mask(0.3)), FilterConfig())
     assert dropped is not None
     assert dropped.stage == "filter:mostly_invalid"
 
 
 def test_disabled_thresholds_keep_everything():
     off = FilterConfig(shot_cut_threshold=None, static_motion_px=None, min_valid_fraction=None)
-    assert check_frames(pair_of(texture(0), texture(100)), off) is None
+    assert frames_rejection(pair_of(texture(0), texture(100)), off) is None
     still = np.zeros((100, 100, 2), np.float32)
-    assert check_flow(flow_sample(still, mask(0.1)), off) is None
+    assert flow_rejection(flow_sample(still, mask(0.1)), off) is None
     assert static(still, 0.5, None) is None
     assert shot_cut(texture(0), texture(100), None) is None
 

@@ -16,9 +16,10 @@ from cmpdata.config import ExtractConfig
 from cmpdata.errors import CmpDataError, UsageError
 from cmpdata.io.pairs import PairConfig
 from cmpdata.store.dataset import ShardDataset
+from cmpdata.store.directory import locked
 from cmpdata.store.manifest import read_failures, read_manifest
 from cmpdata.store.reports import verify_dataset
-from pipelines.extract import RunSettings, extract, locked
+from pipelines.extract import RunSettings, extract
 
 CONFIG = ExtractConfig(pairs=PairConfig(short_side=None), shard_size=4, val_fraction=0.34)
 QUIET = RunSettings(progress=False)
@@ -103,7 +104,7 @@ def test_broken_videos_are_recorded_and_the_rest_completes(synth_clips: Path, ra
 
 def test_kill_9_then_rerun_gives_the_clean_dataset(synth_clips: Path, clean_run: Path, tmp_path):
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "cmpdata.cli", "extract", "--videos", *videos(synth_clips),
+    cmd = [sys.executable, "-m", "pipelines.cli", "extract", "--videos", *videos(synth_clips),
            "--out", str(out), "--short-side", "0", "--shard-size", "4", "--val-fraction", "0.34",
            "--workers", "1", "--batch-size", "1", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -167,10 +168,10 @@ def test_a_shard_that_does_not_read_back_as_written_is_never_finished(
 ):
     import h5py
 
-    import pipelines.extract
-    from cmpdata.cli import main
+    import cmpdata.store.directory
+    from pipelines.cli import main
 
-    real_write = pipelines.extract.write_shard
+    real_write = cmpdata.store.directory.write_shard
 
     def write_then_change(path, samples, attrs):
         # A writer and a reader that disagree: one stored byte is not what was hashed.
@@ -179,7 +180,7 @@ def test_a_shard_that_does_not_read_back_as_written_is_never_finished(
             f["data"][5] ^= 0xFF
         return info
 
-    monkeypatch.setattr(pipelines.extract, "write_shard", write_then_change)
+    monkeypatch.setattr(cmpdata.store.directory, "write_shard", write_then_change)
     out = tmp_path / "ds"
     argv = ["extract", "--videos", *videos(synth_clips), "--out", str(out), "--short-side", "0",
             "--shard-size", "4", "--val-fraction", "0.34", "--quiet"]  # fmt: skip

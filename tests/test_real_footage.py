@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cmpdata.cli import main as cmpdata_main
 from cmpdata.store.dataset import ShardDataset
 from cmpdata.store.manifest import read_failures, read_manifest
 from cmpmodel.cli import main as cmpmodel_main
+from pipelines.cli import main as cmpdata_main
 
 pytestmark = pytest.mark.usefixtures("ray_local", "torch_one_thread")
 

@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_layouts import ReversedScandir, make_trees
 
-from cmpdata.cli import main
 from cmpdata.errors import CmpDataError
 from cmpdata.store.manifest import read_manifest
+from pipelines.cli import main
 from pipelines.extract import RunSettings, extract, flow_identity
 from pipelines.recipe import (
     RECIPE_FILE,

@@ -262,7 +262,7 @@ def encode_sample(
 ) -> EncodedSample:
     """Compress a guided sample for storage (JPEG frame, coded flow and mask); ``extras`` are
     optional parts stored with it (see the module docstring)."""
-    s = sample.sample
+    s = sample.flow_sample
     pair = s.pair
     h, w = pair.size
     return EncodedSample(

@@ -1,16 +1,15 @@
 """The ``cmpdata`` command. Each sub-command parses its arguments and calls one library function.
 
-Exit codes: 0 success; 1 the work ran but failed or is partial (damaged data found, a failed
-write, sources skipped; each named on stderr, what was finished is kept); 2 nothing was done
-(a bad option or an unusable path: :class:`~cmpdata.errors.UsageError`). Any other error is a
-bug and keeps its traceback.
+Exit codes (:mod:`cmpdata.options`): 0 success; 1 the work ran but failed or is partial
+(damaged data found, a failed write, sources skipped; each named on stderr, what was
+finished is kept); 2 nothing was done (a bad option or an unusable path). Any other error is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -19,26 +18,10 @@ from pathlib import Path
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
 from cmpdata.errors import CmpDataError, UsageError
+from cmpdata.options import Parser, load_options_file, run_command
 from cmpdata.paths import check_output_dir, check_output_file
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
-
-
-_NO_DEFAULT = (None, False, argparse.SUPPRESS)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows each option's default, unless it has none or its text says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if not text or "default" in text or any(action.default is v for v in _NO_DEFAULT):
-            return text
-        return super()._get_help_string(action)
-
-
-#: the parser class of every (sub)command: ``--help`` shows the defaults
-Parser = functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter)
 
 
 def _add_pair_options(p: argparse.ArgumentParser) -> None:
@@ -162,40 +145,24 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from cmpdata.config import ExtractConfig
     from cmpdata.guidance import GuidanceConfig, build_sampler
     from cmpdata.io.sources import find_sources
     from cmpdata.records import Dropped
-    from cmpdata.stages import process_source
-    from cmpdata.viz import flow_figure, save_png
+    from cmpdata.stages import write_pictures
 
-    config = ExtractConfig(
-        pairs=_pair_config(args),
-        seed=args.seed,
-        consistency=args.consistency,
-    )
+    config = ExtractConfig(pairs=_pair_config(args), seed=args.seed, consistency=args.consistency)
     sampler = build_sampler(GuidanceConfig(strategies=args.guidance))
     backend = _flow_backend(args)
     out = check_output_dir(args.out)
     written = failed = 0
-    for source in find_sources(args.inputs):
-        try:
-            for item in process_source(source, backend, sampler, config):
-                if isinstance(item, Dropped):
-                    print(f"dropped {item.sample_id}: {item.reason}", file=sys.stderr)
-                    continue
-                s = item.sample
-                name = s.sample_id.replace("/", "_").replace("#", "_") + ".png"
-                save_png(
-                    out / name,
-                    flow_figure(
-                        s.pair.frame0, s.flow, item.guidance, valid=s.valid, title=s.sample_id
-                    ),
-                )
-                written += 1
-        except CmpDataError as exc:
+    for item, _ in write_pictures(find_sources(args.inputs), backend, sampler, config, out):
+        if not isinstance(item, Dropped):
+            written += 1
+        elif item.stage == "source":
             failed += 1
-            print(f"skipped {source.id}: {exc}", file=sys.stderr)
+            print(f"skipped {item.source_id}: {item.reason}", file=sys.stderr)
+        else:
+            print(f"dropped {item.sample_id}: {item.reason}", file=sys.stderr)
     print(f"{written} pictures in {out}, {failed} sources skipped")
     if written == 0:
         return EXIT_ERROR
@@ -206,41 +173,26 @@ def cmd_preview(args: argparse.Namespace) -> int:
 CONFIG_SECTIONS = ("filters", "guidance_options", "codec", "flow_options")
 
 
-def load_config_file(path: str) -> dict:
-    """A YAML mapping of option names (as on the command line, with - or _) and sections."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the configuration ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: a configuration must be a mapping of option: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict:
-    """Pre-read --config: its options become the parser's defaults (flags still win)."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
-    if not known.config:
-        return {}
-    data = load_config_file(known.config)
+def apply_config_file(
+    parser: Parser, args: argparse.Namespace, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, dict]:
+    """``extract --config FILE``: the file's options become the command's defaults (flags
+    given still win), its sections are returned. Returns the arguments parsed again and the
+    sections; :class:`UsageError` for an unknown key or a section that is not a mapping."""
+    if getattr(args, "config", None) is None:
+        return args, {}
+    data = load_options_file(args.config)
     sections = {k: data.pop(k) for k in CONFIG_SECTIONS if k in data}
-    extract = parser._subparsers._group_actions[0].choices["extract"]
-    valid = {a.dest for a in extract._actions} - {"help", "config"}
+    valid = set(vars(args)) - {"func", "config", "command"}
     unknown = sorted(set(data) - valid)
     if unknown:
         choices = ", ".join(sorted(valid | set(CONFIG_SECTIONS)))
-        raise UsageError(f"{known.config}: unknown keys {unknown}; valid keys: {choices}")
+        raise UsageError(f"{args.config}: unknown keys {unknown}; valid keys: {choices}")
     for key, value in sections.items():
         if not isinstance(value, dict):
-            raise UsageError(f"{known.config}: {key} must be a mapping")
-    extract.set_defaults(**data)
-    return sections
+            raise UsageError(f"{args.config}: {key} must be a mapping")
+    parser.subcommands[args.command].set_defaults(**data)
+    return parser.parse_args(argv), sections
 
 
 def extract_config(args: argparse.Namespace, sections: dict) -> ExtractConfig:
@@ -356,18 +308,15 @@ def cmd_recipe_build(args: argparse.Namespace) -> int:
     return _extract_exit(result)
 
 
-def _add_recipe_parser(sub) -> None:
-    p = sub.add_parser("recipe", help="rebuild the paper's training sets from your dataset copies")
-    recipe_sub = p.add_subparsers(
-        dest="recipe_command", required=True, metavar="ACTION", parser_class=Parser
-    )
-    q = recipe_sub.add_parser("list", help="the recipes shipped: name, pairs, dataset sources")
+def _add_recipe_parser(parser: Parser) -> None:
+    p = parser.command("recipe", help="rebuild the paper's training sets from your dataset copies")
+    q = p.command("list", help="the recipes shipped: name, pairs, dataset sources", group="action")
     q.set_defaults(func=cmd_recipe_list)
     for name, help_text in (
         ("plan", "counts per dataset source, shortfall, disk and time estimates, fingerprint"),
         ("build", "run the extraction on exactly the recipe's plan"),
     ):
-        q = recipe_sub.add_parser(name, help=help_text)
+        q = p.command(name, help=help_text)
         q.add_argument("recipe", help="a recipe name (cmpdata recipe list) or a recipe file")
         q.add_argument(
             "--root",
@@ -380,7 +329,7 @@ def _add_recipe_parser(sub) -> None:
             "--limit", type=int, default=None, metavar="N", help="at most N pairs in all"
         )
         q.add_argument("--flow-weights", default=None, help="RAFT weights file (RAFT recipes)")
-    q = recipe_sub.choices["plan"]
+    q = p.subcommands["plan"]
     q.add_argument(
         "--cores",
         type=int,
@@ -389,7 +338,7 @@ def _add_recipe_parser(sub) -> None:
     )
     q.add_argument("--quiet", action="store_true", help="no progress bar while probing videos")
     q.set_defaults(func=cmd_recipe_plan)
-    q = recipe_sub.choices["build"]
+    q = p.subcommands["build"]
     q.add_argument("--out", required=True, help="dataset directory (resumed if it exists)")
     _add_run_options(q)
     q.set_defaults(func=cmd_recipe_build)
@@ -427,17 +376,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = Parser(
         prog="cmpdata",
         description="Turn videos into Conditional Motion Propagation training data.",
     )
     parser.add_argument("--version", action="version", version=f"cmpdata {__version__}")
-    sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=Parser
-    )
 
-    p = sub.add_parser("demo", help="run the stages on synthetic clips and write pictures")
+    p = parser.command("demo", help="run the stages on synthetic clips and write pictures")
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument(
         "--profile",
@@ -451,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", default="dis", help="flow backend (a CPU one: dis or farneback)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("synth", help="write synthetic clips with exact ground-truth flow")
+    p = parser.command("synth", help="write synthetic clips with exact ground-truth flow")
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -460,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=40)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("probe", help="list the sources found in the inputs, with their sizes")
+    p = parser.command("probe", help="list the sources found in the inputs, with their sizes")
     p.add_argument(
         "inputs", nargs="+", help="video files, frame folders, directories, globs, @list.txt"
     )
@@ -468,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0)
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser(
+    p = parser.command(
         "preview", help="run the stages on your videos and write one picture per pair"
     )
     p.add_argument(
@@ -481,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flow_options(p)
     p.set_defaults(func=cmd_preview, max_pairs_per_video=3)
 
-    p = sub.add_parser("extract", help="build a CMP training set of HDF5 shards from videos")
+    p = parser.command("extract", help="build a CMP training set of HDF5 shards from videos")
     p.add_argument(
         "--videos",
         nargs="+",
@@ -502,19 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_extract)
 
-    _add_recipe_parser(sub)
+    _add_recipe_parser(parser)
 
-    p = sub.add_parser("inspect", help="counts, sources, splits, sizes, flow statistics")
+    p = parser.command("inspect", help="counts, sources, splits, sizes, flow statistics")
     p.add_argument("path", help="dataset directory or one shard file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("verify", help="check every shard's checksum and decode every sample")
+    p = parser.command("verify", help="check every shard's checksum and decode every sample")
     p.add_argument("directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("show", help="picture of one sample: frame + guidance | flow | legend")
+    p = parser.command("show", help="picture of one sample: frame + guidance | flow | legend")
     p.add_argument("path", help="dataset directory or one shard file")
     p.add_argument("--index", type=int, required=True, help="sample index (within --split)")
     p.add_argument("--out", required=True, help="PNG file to write")
@@ -526,17 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        sections = _apply_config_file(parser, argv)
-        args = parser.parse_args(argv)
-        if args.func is cmd_extract:
-            return cmd_extract(args, sections)
-        return args.func(args)
-    except CmpDataError as exc:  # UsageError: 2, nothing done; others: 1, finished work kept
-        print(f"cmpdata: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+
+    def command() -> int:
+        args, sections = apply_config_file(parser, parser.parse_args(argv), argv)
+        return cmd_extract(args, sections) if args.func is cmd_extract else args.func(args)
+
+    return run_command("cmpdata", command)
 
 
 if __name__ == "__main__":

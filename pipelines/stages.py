@@ -1,0 +1,178 @@
+"""What runs inside the Ray workers of ``cmpdata extract``: work items and the stages they go
+through (decode -> flow -> filters, guidance, encoding), as Ray Data functions and classes.
+
+Rows travel between stages as ``{"shard": int, "payload": bytes}``: the payload is a pickled
+record (:class:`WorkItem`, ``FramePair``, ``FlowSample``, ``EncodedSample`` or ``Dropped``), so
+ragged frames of different sizes and dropped pairs share one schema. The stage functions are
+:mod:`cmpdata.stages`'; this module only moves records between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import pickle
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmpdata.config import ExtractConfig
+from cmpdata.errors import CmpDataError
+from cmpdata.filters import frames_rejection
+from cmpdata.flow import FlowBackend, build_flow
+from cmpdata.guidance import GuidanceSampler, build_sampler
+from cmpdata.io.media import MAX_REASON, clip_text
+from cmpdata.io.pairs import iter_pairs
+from cmpdata.plan import split_of
+from cmpdata.records import Dropped, FramePair, Source, VideoInfo
+from cmpdata.stages import compute_flows, finish_sample
+from cmpdata.store.shards import encode_sample
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    shard: int
+    source: Source
+    info: VideoInfo
+    pairs: tuple[tuple[int, int], ...]
+
+
+def _batch(shards: Sequence[int], records: Sequence[object]) -> dict[str, np.ndarray]:
+    payload = np.empty(len(records), dtype=object)
+    payload[:] = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
+    return {"shard": np.asarray(shards, np.int64).reshape(-1), "payload": payload}
+
+
+def _unbatch(batch: dict[str, np.ndarray]) -> tuple[list[int], list[object]]:
+    return [int(s) for s in batch["shard"]], [pickle.loads(p) for p in batch["payload"]]
+
+
+def _limit_threads() -> None:
+    # One worker, one core: Ray runs as many workers as cores, and OpenCV would otherwise
+    # start a thread per core in each of them.
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def decode_item(item: WorkItem, config: ExtractConfig) -> Iterator[FramePair | Dropped]:
+    """One work item's frame pairs (after the frame filters) and dropped pairs, streamed: a
+    consumer that takes them a batch at a time holds one batch of frames, however long the
+    item.
+
+    When decoding stops part-way, every pair not yet given is dropped with the reason: a
+    :class:`~cmpdata.errors.CmpDataError` (a corrupt file, a hang) as it says; anything else
+    raised while decoding (a crash in a decoding library) as an unexpected error with the
+    last frames of its traceback, so that it must not end a long run. The frame filters run
+    outside that net: an error of theirs is a bug and keeps its traceback.
+    """
+    seen: set[tuple[int, int]] = set()
+    pairs = iter_pairs(item.source, config.pairs, item.info, config.filters.crop, item.pairs)
+    with contextlib.closing(pairs):
+        while True:
+            try:
+                x = next(pairs)
+            except StopIteration:
+                return
+            except CmpDataError as exc:
+                stage, reason = "decode", str(exc)
+                break
+            except Exception as exc:
+                stage, reason = "error", unexpected(exc)
+                break
+            seen.add((x.t0, x.t1))
+            dropped = x if isinstance(x, Dropped) else frames_rejection(x, config.filters)
+            yield dropped if dropped is not None else x
+    for t0, t1 in item.pairs:
+        if (t0, t1) not in seen:
+            yield Dropped(item.source.id, t0, t1, stage, reason)
+
+
+def unexpected(exc: BaseException) -> str:
+    """``unexpected error: Type: message (at file:line in function, ...)``: the error and the
+    last three frames of its traceback, innermost last, cut to a few hundred characters."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = ", ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames)
+    return clip_text(f"unexpected error: {type(exc).__name__}: {exc} (at {where})", MAX_REASON)
+
+
+def _item_rows(item: WorkItem, records: Sequence[object]) -> list[dict[str, Any]]:
+    batch = _batch([item.shard] * len(records), records)
+    return [{"shard": item.shard, "payload": p} for p in batch["payload"]]
+
+
+def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, Any]]:
+    """Ray Data flat_map: one work item -> its frame pairs and dropped pairs."""
+    _limit_threads()
+    item: WorkItem = pickle.loads(row["payload"])
+    return _item_rows(item, list(decode_item(item, config)))
+
+
+def flow_records(records: Sequence[object], backend: FlowBackend, consistency: bool
+                 ) -> list[object]:  # fmt: skip
+    """Each FramePair -> its FlowSample (computed as one batch); other records pass through."""
+    out = list(records)
+    todo = [i for i, r in enumerate(out) if isinstance(r, FramePair)]
+    flows = compute_flows([out[i] for i in todo], backend, consistency)
+    for i, sample in zip(todo, flows, strict=True):
+        out[i] = sample
+    return out
+
+
+class FlowStage:
+    """Ray Data actor: builds the flow backend once, then computes flows batch by batch."""
+
+    def __init__(self, config: ExtractConfig, options: dict[str, Any]) -> None:
+        _limit_threads()
+        self.backend: FlowBackend = build_flow(config.flow, **options)
+        self.consistency = config.consistency
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shards, records = _unbatch(batch)
+        return _batch(shards, flow_records(records, self.backend, self.consistency))
+
+
+def finish_records(records: Sequence[object], sampler: GuidanceSampler, config: ExtractConfig
+                   ) -> list[object]:  # fmt: skip
+    """Flow filters, guidance and encoding: each FlowSample -> EncodedSample (or Dropped)."""
+    out: list[object] = []
+    for record in records:
+        result = record if isinstance(record, Dropped) else finish_sample(record, sampler, config)
+        if not isinstance(result, Dropped):
+            split = split_of(result.flow_sample.pair.source_id, config.val_fraction)
+            result = encode_sample(result, split, config.codec, config.jpeg_quality)
+        out.append(result)
+    return out
+
+
+def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[str, np.ndarray]:
+    """Ray Data map_batches: flow samples -> encoded samples (or dropped pairs)."""
+    _limit_threads()
+    shards, records = _unbatch(batch)
+    return _batch(shards, finish_records(records, build_sampler(config.guidance), config))
+
+
+_BACKENDS: dict[str, FlowBackend] = {}  # per worker process: Ray reuses its task workers
+
+
+def cpu_stage(row: dict[str, Any], config: ExtractConfig, options: dict[str, Any],
+              batch_size: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Ray Data flat_map for a CPU flow backend: one work item through every stage."""
+    _limit_threads()
+    item: WorkItem = pickle.loads(row["payload"])
+    key = json.dumps([config.flow, options], sort_keys=True, default=str)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = build_flow(config.flow, **options)
+    sampler = build_sampler(config.guidance)
+    out: list[object] = []
+    # Frames are decoded a batch at a time: an item of a long video never holds all its frames.
+    with contextlib.closing(decode_item(item, config)) as records:
+        while batch := list(itertools.islice(records, batch_size)):
+            flowed = flow_records(batch, _BACKENDS[key], config.consistency)
+            out += finish_records(flowed, sampler, config)
+    return _item_rows(item, out)
