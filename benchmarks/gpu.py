@@ -2,7 +2,7 @@
 
 Needs a CUDA device; without one, :func:`measure` returns ``{"skipped": "no CUDA device"}``.
 
-Inputs are synthetic frames (:class:`cmpdata.synth.SyntheticClip`, 416 x 560, the default
+Inputs are synthetic frames (:class:`cmpdata.synth.clips.SyntheticClip`, 416 x 560, the default
 short side) made in memory, so nothing has to be decoded or downloaded. RAFT runs with random
 weights (``random_init``): speed does not depend on the weights, and its error would mean
 nothing. Given weights (``--weights-small`` / ``--weights-large``), the end-point error on the
@@ -54,8 +54,9 @@ def synthetic_pairs(count: int, frames_per_clip: int = 20) -> list[Pair]:
     pairs = []
     seed = 0
     while len(pairs) < count:
-        clip = SyntheticClip(SynthConfig(height=HEIGHT, width=WIDTH, num_frames=frames_per_clip,
-                                         seed=seed))  # fmt: skip
+        clip = SyntheticClip(
+            SynthConfig(height=HEIGHT, width=WIDTH, num_frames=frames_per_clip, seed=seed)
+        )
         for t in range(frames_per_clip - GAP):
             if len(pairs) == count:
                 break
@@ -64,8 +65,9 @@ def synthetic_pairs(count: int, frames_per_clip: int = 20) -> list[Pair]:
     return pairs
 
 
-def pairs_per_second(flow: Any, frames0: list[np.ndarray], frames1: list[np.ndarray],
-                     repeats: int) -> dict[str, float]:  # fmt: skip
+def pairs_per_second(
+    flow: Any, frames0: list[np.ndarray], frames1: list[np.ndarray], repeats: int
+) -> dict[str, float]:
     """:func:`~benchmarks.common.spread` of ``flow``'s pairs/s over ``repeats`` passes, after
     one warm-up."""
     import torch
@@ -82,12 +84,19 @@ def pairs_per_second(flow: Any, frames0: list[np.ndarray], frames1: list[np.ndar
 
 def end_point_error(flow: Any, pairs: list[Pair]) -> float:
     estimates = flow([a for a, _, _ in pairs], [b for _, b, _ in pairs])
-    return float(np.mean([np.linalg.norm(e - gt, axis=-1).mean()
-                          for e, (_, _, gt) in zip(estimates, pairs, strict=True)]))  # fmt: skip
+    return float(
+        np.mean(
+            [
+                np.linalg.norm(e - gt, axis=-1).mean()
+                for e, (_, _, gt) in zip(estimates, pairs, strict=True)
+            ]
+        )
+    )
 
 
-def raft_figures(pairs: list[Pair], repeats: int, batch_size: int,
-                 weights: dict[str, str | None]) -> list[dict[str, Any]]:  # fmt: skip
+def raft_figures(
+    pairs: list[Pair], repeats: int, batch_size: int, weights: dict[str, str | None]
+) -> list[dict[str, Any]]:
     """One row per (variant, way of running it)."""
     frames0 = [a for a, _, _ in pairs]
     frames1 = [b for _, b, _ in pairs]
@@ -95,13 +104,23 @@ def raft_figures(pairs: list[Pair], repeats: int, batch_size: int,
     rows = []
     for variant in VARIANTS:
         for precision, batch in ways:
-            flow = build_flow(variant, random_init=True, device="cuda", precision=precision,
-                              batch_size=batch)  # fmt: skip
-            row = {"variant": variant, "precision": precision, "batch_size": batch,
-                   "pairs_per_s": pairs_per_second(flow, frames0, frames1, repeats)}  # fmt: skip
+            flow = build_flow(
+                variant, random_init=True, device="cuda", precision=precision, batch_size=batch
+            )
+            row = {
+                "variant": variant,
+                "precision": precision,
+                "batch_size": batch,
+                "pairs_per_s": pairs_per_second(flow, frames0, frames1, repeats),
+            }
             if weights.get(variant):
-                trained = build_flow(variant, weights=weights[variant], device="cuda",
-                                     precision=precision, batch_size=batch)  # fmt: skip
+                trained = build_flow(
+                    variant,
+                    weights=weights[variant],
+                    device="cuda",
+                    precision=precision,
+                    batch_size=batch,
+                )
                 row["epe_px"] = end_point_error(trained, pairs)
             rows.append(row)
         base = rows[-3]["pairs_per_s"]["median"]
@@ -146,13 +165,18 @@ def pipeline_figures(clips: int, frames: int, batch_size: int) -> dict[str, Any]
     pairs = PairConfig(gap=GAP, stride=1)
     ways = {
         "raft-small fp16, 1 GPU actor": (
-            ExtractConfig(pairs=pairs, flow="raft-small",
-                          flow_options={"random_init": True, "precision": "fp16"}),
+            ExtractConfig(
+                pairs=pairs,
+                flow="raft-small",
+                flow_options={"random_init": True, "precision": "fp16"},
+            ),
             RunSettings(workers=cpus, num_gpus=1, batch_size=batch_size, progress=False),
         ),
         f"dis medium, {cpus} CPU workers": (
-            ExtractConfig(pairs=pairs), RunSettings(workers=cpus, progress=False)),
-    }  # fmt: skip
+            ExtractConfig(pairs=pairs),
+            RunSettings(workers=cpus, progress=False),
+        ),
+    }
     result: dict[str, Any] = {"ray_start_s": ray_start, "cpus": cpus, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         inputs = write_frame_folders(Path(tmp) / "clips", clips, frames)
@@ -165,10 +189,12 @@ def pipeline_figures(clips: int, frames: int, batch_size: int) -> dict[str, Any]
                 timed[label] = (done.written, time.perf_counter() - start, done.complete)
             (half, half_s, _), (pairs_all, all_s, complete) = timed["half"], timed["all"]
             result["runs"][name] = {
-                "pairs": pairs_all, "seconds": all_s, "pairs_per_s": pairs_all / all_s,
+                "pairs": pairs_all,
+                "seconds": all_s,
+                "pairs_per_s": pairs_all / all_s,
                 "marginal_pairs_per_s": (pairs_all - half) / (all_s - half_s),
                 "complete": complete,
-            }  # fmt: skip
+            }
     ray.shutdown()
     return result
 
@@ -176,8 +202,11 @@ def pipeline_figures(clips: int, frames: int, batch_size: int) -> dict[str, Any]
 PARTS = ("raft", "pipeline")
 
 
-def measure(quick: bool = False, weights: dict[str, str | None] | None = None,
-            parts: tuple[str, ...] = PARTS) -> dict[str, Any]:  # fmt: skip
+def measure(
+    quick: bool = False,
+    weights: dict[str, str | None] | None = None,
+    parts: tuple[str, ...] = PARTS,
+) -> dict[str, Any]:
     """The GPU figures of ``parts``, or ``{"skipped": reason}`` without a CUDA device."""
     import torch
 
@@ -189,7 +218,7 @@ def measure(quick: bool = False, weights: dict[str, str | None] | None = None,
         "device": torch.cuda.get_device_name(0),
         "machine": machine(),
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
-    }  # fmt: skip
+    }
     if "raft" in parts:
         result["conditions"] = (
             f"{count} synthetic pairs of {HEIGHT}x{WIDTH}, 12 RAFT updates, random weights, "
@@ -212,28 +241,35 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"GPU: skipped ({result['skipped']})")
         return
     print(f"GPU: {result['device']}; {result.get('conditions', '')}")
-    print(f"{'variant':<12} {'precision':<9} {'batch':>5} {'pairs/s':>9} {'range':>15} "
-          f"{'speed-up':>8} {'EPE px':>7}")  # fmt: skip
+    print(
+        f"{'variant':<12} {'precision':<9} {'batch':>5} {'pairs/s':>9} {'range':>15} "
+        f"{'speed-up':>8} {'EPE px':>7}"
+    )
     for row in result.get("raft", []):
         rate = row["pairs_per_s"]
         epe = f"{row['epe_px']:.3f}" if "epe_px" in row else "-"
-        print(f"{row['variant']:<12} {row['precision']:<9} {row['batch_size']:>5} "
-              f"{rate['median']:>9.1f} {rate['min']:>7.1f}-{rate['max']:<7.1f} "
-              f"{row['speed_up']:>7.2f}x {epe:>7}")  # fmt: skip
+        print(
+            f"{row['variant']:<12} {row['precision']:<9} {row['batch_size']:>5} "
+            f"{rate['median']:>9.1f} {rate['min']:>7.1f}-{rate['max']:<7.1f} "
+            f"{row['speed_up']:>7.2f}x {epe:>7}"
+        )
     pipeline = result.get("pipeline", {"skipped": "not asked for"})
     if "skipped" in pipeline:
         print(f"pipeline: skipped ({pipeline['skipped']})")
         return
     print(f"pipeline (Ray start {pipeline['ray_start_s']:.1f} s, {pipeline['cpus']} CPUs):")
     for name, run in pipeline["runs"].items():
-        print(f"  {name:<32} {run['pairs']:>5} pairs {run['seconds']:>7.1f} s "
-              f"{run['pairs_per_s']:>7.1f} pairs/s, marginal "
-              f"{run['marginal_pairs_per_s']:>7.1f} pairs/s")  # fmt: skip
+        print(
+            f"  {name:<32} {run['pairs']:>5} pairs {run['seconds']:>7.1f} s "
+            f"{run['pairs_per_s']:>7.1f} pairs/s, marginal "
+            f"{run['marginal_pairs_per_s']:>7.1f} pairs/s"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu",
-                                     description=__doc__.split("\n")[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="fewer pairs and repeats")
     parser.add_argument("--weights-small", help="raft-small weights file: also measure its error")
     parser.add_argument("--weights-large", help="raft-large weights file: also measure its error")

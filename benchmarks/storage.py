@@ -106,10 +106,14 @@ def measure(bench: Bench) -> dict[str, Any]:
         return seconds * 1e3 / len(samples)
 
     rates = interleaved(
-        {"write": write, "read": read(ShardReader.encoded), "decode": read(ShardReader.read),
-         "read_back": read_back},
+        {
+            "write": write,
+            "read": read(ShardReader.encoded),
+            "decode": read(ShardReader.read),
+            "read_back": read_back,
+        },
         repeats,
-    )  # fmt: skip
+    )
     pair_ms = bench.pair_seconds * 1e3
     per_sample = sizes[-1] / len(samples)
     fields = field_bytes(samples)

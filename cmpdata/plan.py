@@ -72,15 +72,20 @@ class Plan:
     def decoders(self) -> dict[str, str]:
         """The decoder that reads each source (``"frames"`` for a frame folder)."""
         chosen = self.config.pairs.decoder
-        return {sid: decoders(source, chosen, self.infos[sid])[0]
-                for sid, source in self.sources.items()}  # fmt: skip
+        return {
+            sid: decoders(source, chosen, self.infos[sid])[0]
+            for sid, source in self.sources.items()
+        }
 
     @property
     def notes(self) -> list[Dropped]:
         """Sources used, but not as their header claims (e.g. a frame count the file cannot
         hold), as ``Dropped(stage="probe")`` records whose reason says what was done."""
-        return [Dropped(sid, -1, -1, "probe", info.note)
-                for sid, info in self.infos.items() if info.note]  # fmt: skip
+        return [
+            Dropped(sid, -1, -1, "probe", info.note)
+            for sid, info in self.infos.items()
+            if info.note
+        ]
 
     @property
     def num_shards(self) -> int:
@@ -109,8 +114,9 @@ def plan_fingerprint(
     return h.hexdigest()
 
 
-def unusable(source: Source, info: VideoInfo, config: PairConfig, where: str | None = None
-             ) -> Dropped | None:  # fmt: skip
+def unusable(
+    source: Source, info: VideoInfo, config: PairConfig, where: str | None = None
+) -> Dropped | None:
     """Why ``source`` cannot give pairs under ``config`` (too small, fewer frames than
     ``gap + 1``), as a source-level :class:`Dropped`, or ``None`` when it can. ``where``
     names the source in the reason (default: its path)."""
@@ -148,9 +154,14 @@ def plan_dataset(
     ordered = sorted(sources, key=lambda s: s.id)
     with ThreadPoolExecutor(max_workers=max(1, probe_threads)) as pool:
         results = list(
-            tqdm(pool.map(lambda s: _probe_one(s, config.pairs), ordered), total=len(ordered),
-                 desc="probing sources", unit="source", disable=not progress or None)
-        )  # fmt: skip
+            tqdm(
+                pool.map(lambda s: _probe_one(s, config.pairs), ordered),
+                total=len(ordered),
+                desc="probing sources",
+                unit="source",
+                disable=not progress or None,
+            )
+        )
     usable: dict[str, Source] = {}
     infos: dict[str, VideoInfo] = {}
     skipped: list[Dropped] = []

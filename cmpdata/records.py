@@ -14,6 +14,7 @@ malformed fails at its boundary, with the shapes in the message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,41 +24,36 @@ import numpy as np
 SourceKind = Literal["video", "frames"]
 
 
-def check_image(name: str, image: np.ndarray) -> None:
+def check_array(
+    name: str, value: object, dtype: type, shape: Sequence[int | None], what: str
+) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a numpy array of ``dtype`` whose
+    shape matches ``shape`` (``None``: any length on that axis); ``what`` describes it."""
     if not (
-        isinstance(image, np.ndarray)
-        and image.dtype == np.uint8
-        and image.ndim == 3
-        and image.shape[2] == 3
+        isinstance(value, np.ndarray)
+        and value.dtype == dtype
+        and value.ndim == len(shape)
+        and all(want is None or want == got for want, got in zip(shape, value.shape, strict=True))
     ):
-        raise ValueError(
-            f"{name} must be a uint8 (H, W, 3) RGB array, got "
-            f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}"
-        )
+        found = f"{getattr(value, 'dtype', type(value).__name__)} {getattr(value, 'shape', '')}"
+        raise ValueError(f"{name} must be {what}, got {found}")
+
+
+def check_image(name: str, image: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``image`` is uint8 (H, W, 3)."""
+    check_array(name, image, np.uint8, (None, None, 3), "a uint8 (H, W, 3) RGB array")
 
 
 def check_flow(name: str, flow: np.ndarray, size: tuple[int, int] | None = None) -> None:
     """Raise ``ValueError`` unless ``flow`` is float32 (H, W, 2), optionally of ``size`` (H, W)."""
-    if not (
-        isinstance(flow, np.ndarray)
-        and flow.dtype == np.float32
-        and flow.ndim == 3
-        and flow.shape[2] == 2
-    ):
-        raise ValueError(
-            f"{name} must be a float32 (H, W, 2) array, got "
-            f"{getattr(flow, 'dtype', type(flow).__name__)} {getattr(flow, 'shape', '')}"
-        )
+    check_array(name, flow, np.float32, (None, None, 2), "a float32 (H, W, 2) array")
     if size is not None and flow.shape[:2] != tuple(size):
         raise ValueError(f"{name} has size {flow.shape[:2]}, expected {tuple(size)}")
 
 
 def check_mask(name: str, mask: np.ndarray, size: tuple[int, int]) -> None:
-    if not (isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == size):
-        raise ValueError(
-            f"{name} must be a bool array of shape {size}, got "
-            f"{getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', '')}"
-        )
+    """Raise ``ValueError`` unless ``mask`` is bool of shape ``size`` (H, W)."""
+    check_array(name, mask, np.bool_, size, f"a bool array of shape {size}")
 
 
 def make_sample_id(source_id: str, t0: int, t1: int) -> str:
@@ -159,16 +155,7 @@ class Guidance:
 
     def __post_init__(self) -> None:
         for name, arr in (("points", self.points), ("vectors", self.vectors)):
-            if not (
-                isinstance(arr, np.ndarray)
-                and arr.dtype == np.float32
-                and arr.ndim == 2
-                and arr.shape[1] == 2
-            ):
-                raise ValueError(
-                    f"guidance {name} must be float32 (K, 2), got "
-                    f"{getattr(arr, 'dtype', None)} {getattr(arr, 'shape', None)}"
-                )
+            check_array(f"guidance {name}", arr, np.float32, (None, 2), "float32 (K, 2)")
         if len(self.points) != len(self.vectors):
             raise ValueError(f"{len(self.points)} guidance points but {len(self.vectors)} vectors")
 

@@ -26,8 +26,18 @@ from cmpmodel.propagate import propagate
 from cmpmodel.train import TrainConfig, export_encoder, train
 
 # Command-line options that override a TrainConfig field of the same name when given.
-_TRAIN_OVERRIDES = ("data", "out", "arch", "iters", "batch_size", "lr", "workers", "crop",
-                    "loss_stride", "seed")  # fmt: skip
+_TRAIN_OVERRIDES = (
+    "data",
+    "out",
+    "arch",
+    "iters",
+    "batch_size",
+    "lr",
+    "workers",
+    "crop",
+    "loss_stride",
+    "seed",
+)
 
 
 def _default(field: str) -> str:
@@ -123,12 +133,18 @@ def build_parser() -> Parser:
     train.add_argument(
         "--workers", type=int, help=f"DataLoader workers per process{_default('workers')}"
     )
-    train.add_argument("--crop", type=int,
-                       help="training crop side, px, a multiple of 8 (default: the arch's, 320 for "
-                            "resnet50, 384 for alexnet, 96 for tiny)")  # fmt: skip
-    train.add_argument("--loss-stride", type=int,
-                       help="score every n-th pixel in each direction (default 1, the paper's; "
-                            "4 makes the loss ~16x cheaper, for CPU runs)")  # fmt: skip
+    train.add_argument(
+        "--crop",
+        type=int,
+        help="training crop side, px, a multiple of 8 (default: the arch's, 320 for "
+        "resnet50, 384 for alexnet, 96 for tiny)",
+    )
+    train.add_argument(
+        "--loss-stride",
+        type=int,
+        help="score every n-th pixel in each direction (default 1, the paper's; "
+        "4 makes the loss ~16x cheaper, for CPU runs)",
+    )
     train.add_argument("--seed", type=int, help=f"seed of the run{_default('seed')}")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument(
@@ -150,8 +166,14 @@ def build_parser() -> Parser:
     prop = parser.command("propagate", help="propagate given guides over one image")
     prop.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
     prop.add_argument("--image", required=True, help="image file to propagate over")
-    prop.add_argument("--guide", required=True, nargs="+", type=parse_guide, metavar="X,Y,DX,DY",
-                      help="a point of the image and its motion, px")  # fmt: skip
+    prop.add_argument(
+        "--guide",
+        required=True,
+        nargs="+",
+        type=parse_guide,
+        metavar="X,Y,DX,DY",
+        help="a point of the image and its motion, px",
+    )
     prop.add_argument("--out", required=True, help="PNG to write")
     prop.set_defaults(func=cmd_propagate)
 

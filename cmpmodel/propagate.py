@@ -59,12 +59,14 @@ def propagate(
     values = np.asarray(guides, dtype=np.float64)
     for x, y, dx, dy in values:
         if not (np.isfinite([x, y, dx, dy]).all() and 0 <= round(x) < w and 0 <= round(y) < h):
-            raise ConfigError(f"guide {x:g},{y:g}: the point lies outside the {w} x {h} image "
-                              f"{image_path}")  # fmt: skip
+            raise ConfigError(
+                f"guide {x:g},{y:g}: the point lies outside the {w} x {h} image {image_path}"
+            )
         # A motion longer than the image is no motion of anything in it.
         if not max(abs(dx), abs(dy)) <= max(w, h):
-            raise ConfigError(f"guide {x:g},{y:g}: motion {dx:g},{dy:g} px is longer than the "
-                              f"{w} x {h} image")  # fmt: skip
+            raise ConfigError(
+                f"guide {x:g},{y:g}: motion {dx:g},{dy:g} px is longer than the {w} x {h} image"
+            )
     values = values.astype(np.float32)
     model, ckpt = load_model(checkpoint)
     guidance = Guidance(np.ascontiguousarray(values[:, :2]), np.ascontiguousarray(values[:, 2:]))

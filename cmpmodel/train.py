@@ -217,8 +217,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # unsafely: that is not advice to pass on.
         if found := _UNSUPPORTED.search(str(exc)):
             reason = f"it holds objects other than tensors and plain values ({found.group(1)})"
-            raise CheckpointError(path, f"not loaded: {reason}; not a cmpmodel checkpoint"
-                                  ) from None  # fmt: skip
+            raise CheckpointError(
+                path, f"not loaded: {reason}; not a cmpmodel checkpoint"
+            ) from None
         reason = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(path, f"not a readable checkpoint ({reason[:200]})") from None
     if not isinstance(checkpoint, dict):
@@ -588,8 +589,9 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
             }
             with autocast:
                 logits = net(inputs["image"], inputs["sparse"])
-            loss = cmp_loss(logits, inputs["flow"], inputs["valid"], model_config.flow_range,
-                            config.loss_stride)  # fmt: skip
+            loss = cmp_loss(
+                logits, inputs["flow"], inputs["valid"], model_config.flow_range, config.loss_stride
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:

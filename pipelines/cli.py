@@ -298,11 +298,14 @@ def cmd_recipe_build(args: argparse.Namespace) -> int:
     from pipelines.recipe import build_recipe, load_recipe, parse_roots
 
     recipe = load_recipe(args.recipe)
-    rp, result = build_recipe(recipe, parse_roots(args.root), args.out, _run_settings(args),
-                              args.limit)  # fmt: skip
+    rp, result = build_recipe(
+        recipe, parse_roots(args.root), args.out, _run_settings(args), args.limit
+    )
     for d in rp.datasets:
-        print(f"{d.spec.name}: {d.planned:,} pairs planned of {d.target:,} "
-              f"(shortfall {d.shortfall:,})")  # fmt: skip
+        print(
+            f"{d.spec.name}: {d.planned:,} pairs planned of {d.target:,} "
+            f"(shortfall {d.shortfall:,})"
+        )
     print(result.summary())
     print(f"plan fingerprint: {rp.plan.fingerprint}")
     return _extract_exit(result)
@@ -350,8 +353,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = inspect_dataset(args.path)
     print(json.dumps(info, indent=1) if args.json else format_inspect(info))
     if info["damaged"]:
-        print(f"cmpdata: {len(info['damaged'])} damaged shards or samples in {args.path}: run "
-              "cmpdata verify on it", file=sys.stderr)  # fmt: skip
+        print(
+            f"cmpdata: {len(info['damaged'])} damaged shards or samples in {args.path}: run "
+            "cmpdata verify on it",
+            file=sys.stderr,
+        )
         return EXIT_PARTIAL
     return EXIT_OK
 

@@ -84,10 +84,18 @@ PROFILES: dict[str, DemoSettings] = {
     # Many short clips rather than a few long ones: a model trained on few clips learns
     # their textures and generalises poorly to held-out ones.
     "cpu-15min": DemoSettings(
-        clips=240, frames=13, height=256, width=320, staged=6, pair_stride=3, crop=128,
-        iters=1800, loss_stride=4, loader_workers=1,
+        clips=240,
+        frames=13,
+        height=256,
+        width=320,
+        staged=6,
+        pair_stride=3,
+        crop=128,
+        iters=1800,
+        loss_stride=4,
+        loader_workers=1,
     ),
-}  # fmt: skip
+}
 NUM_GUIDES = 3
 GUIDE_SPACING = 0.2  # minimum distance between guide points, as a fraction of the short side
 
@@ -232,44 +240,70 @@ def run_demo(
     out = Path(out_dir)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    summary = run_stage_demo(out, clips=settings.clips, seed=seed, flow=flow,
-                             size=(settings.height, settings.width), frames=settings.frames,
-                             staged=settings.staged)  # fmt: skip
+    summary = run_stage_demo(
+        out,
+        clips=settings.clips,
+        seed=seed,
+        flow=flow,
+        size=(settings.height, settings.width),
+        frames=settings.frames,
+        staged=settings.staged,
+    )
     seconds["clips_and_stages"] = time.perf_counter() - start
-    print(f"stages: {summary['pairs']} pairs, mean end-point error {summary['epe_mean']:.3f} px "
-          f"({flow}) against {summary['epe_zero_mean']:.3f} px for zero flow")  # fmt: skip
+    print(
+        f"stages: {summary['pairs']} pairs, mean end-point error {summary['epe_mean']:.3f} px "
+        f"({flow}) against {summary['epe_zero_mean']:.3f} px for zero flow"
+    )
     dataset = out / "dataset"
     pairs = PairConfig(stride=settings.pair_stride, short_side=None)
-    config = ExtractConfig(flow=flow, seed=seed, shard_size=8 if settings.clips < 8 else 64,
-                           val_fraction=settings.val_fraction, pairs=pairs)  # fmt: skip
+    config = ExtractConfig(
+        flow=flow,
+        seed=seed,
+        shard_size=8 if settings.clips < 8 else 64,
+        val_fraction=settings.val_fraction,
+        pairs=pairs,
+    )
     start = time.perf_counter()
-    result = extract([str(out / "clips" / "*.mp4")], dataset, config,
-                     RunSettings(overwrite=True))  # fmt: skip
+    result = extract([str(out / "clips" / "*.mp4")], dataset, config, RunSettings(overwrite=True))
     seconds["extract"] = time.perf_counter() - start
     print(result.summary())
     report = verify_dataset(dataset)
     print(format_verify(report))
-    pictures = [show_sample(dataset, i, out / f"show-{i:02d}.png", guidance_scale=3.0)
-                for i in (0, result.written // 2)]  # fmt: skip
+    pictures = [
+        show_sample(dataset, i, out / f"show-{i:02d}.png", guidance_scale=3.0)
+        for i in (0, result.written // 2)
+    ]
     print("pictures: " + ", ".join(str(p) for p in pictures))
     val = ShardDataset(dataset, split="val")
     num_train = len(ShardDataset(dataset, split="train"))
     if num_train == 0 or len(val) == 0:
-        raise CmpDataError(f"{dataset}: {num_train} train and {len(val)} val samples; "
-                           "the model part needs both")  # fmt: skip
+        raise CmpDataError(
+            f"{dataset}: {num_train} train and {len(val)} val samples; the model part needs both"
+        )
 
     threads = torch.get_num_threads()
     torch.set_num_threads(TORCH_THREADS)
     iters = settings.iters
     try:
         start = time.perf_counter()
-        trained = train(TrainConfig(
-            data=[str(dataset)], out=str(out / "train"), arch="tiny", iters=iters,
-            batch_size=min(settings.batch_size, num_train), lr=settings.lr,
-            warmup_iters=iters // 10, crop=settings.crop, loss_stride=settings.loss_stride,
-            workers=settings.loader_workers, seed=seed, log_every=max(iters // 10, 1),
-            ckpt_every=iters, picture_every=iters,
-        ))  # fmt: skip
+        trained = train(
+            TrainConfig(
+                data=[str(dataset)],
+                out=str(out / "train"),
+                arch="tiny",
+                iters=iters,
+                batch_size=min(settings.batch_size, num_train),
+                lr=settings.lr,
+                warmup_iters=iters // 10,
+                crop=settings.crop,
+                loss_stride=settings.loss_stride,
+                workers=settings.loader_workers,
+                seed=seed,
+                log_every=max(iters // 10, 1),
+                ckpt_every=iters,
+                picture_every=iters,
+            )
+        )
         seconds["train"] = time.perf_counter() - start
         print(
             f"training: {trained['step']} steps on {num_train} train samples, last loss "

@@ -159,8 +159,14 @@ def work_items(plan: Plan, shards: Sequence[int], workers: int) -> list[WorkItem
             by_source[s.source_id].append((s.t0, s.t1))
         for source_id, pairs in by_source.items():
             for k in range(0, len(pairs), size):
-                items.append(WorkItem(index, plan.sources[source_id], plan.infos[source_id],
-                                      tuple(pairs[k : k + size])))  # fmt: skip
+                items.append(
+                    WorkItem(
+                        index,
+                        plan.sources[source_id],
+                        plan.infos[source_id],
+                        tuple(pairs[k : k + size]),
+                    )
+                )
     return items
 
 
@@ -189,8 +195,12 @@ def cluster_resources(address: str, timeout: float) -> dict[str, float]:
     try:
         done = subprocess.run(
             [sys.executable, "-c", _JOIN_CHILD, address],
-            env=env, capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise UsageError(
             f"--address {address}: no Ray cluster answered within {timeout:g} s "
@@ -216,8 +226,13 @@ def ensure_ray(address: str | None, workers: int | None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         # "local": always a new Ray of our own, never one that happens to run on this machine.
-        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False, logging_level="ERROR")  # fmt: skip
+        ray.init(
+            address="local",
+            num_cpus=workers or os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
 
 
 def check_resources(run: RunSettings) -> None:
@@ -239,8 +254,11 @@ def check_resources(run: RunSettings) -> None:
 def _flow_options(config: ExtractConfig, run: RunSettings) -> dict[str, Any]:
     options = dict(config.flow_options)
     if config.flow.startswith("raft"):
-        options.update(weights=run.flow_weights, batch_size=run.batch_size,
-                       device="cuda" if run.num_gpus else "cpu")  # fmt: skip
+        options.update(
+            weights=run.flow_weights,
+            batch_size=run.batch_size,
+            device="cuda" if run.num_gpus else "cpu",
+        )
     elif run.flow_weights:
         raise UsageError(f"--flow-weights applies to RAFT only, not to {config.flow!r}")
     return options
@@ -254,8 +272,9 @@ def flow_identity(config: ExtractConfig, run: RunSettings = RunSettings()) -> di
     return build_flow(config.flow, **_flow_options(config, run)).identity()
 
 
-def run_pipeline(plan: Plan, shards: Sequence[int], run: RunSettings,
-                 options: dict[str, Any]) -> Iterator[tuple[int, object]]:  # fmt: skip
+def run_pipeline(
+    plan: Plan, shards: Sequence[int], run: RunSettings, options: dict[str, Any]
+) -> Iterator[tuple[int, object]]:
     """Stream (shard index, EncodedSample | Dropped) for every planned pair of ``shards``."""
     import ray
     import ray.data
@@ -283,14 +302,21 @@ def run_pipeline(plan: Plan, shards: Sequence[int], run: RunSettings,
             num_gpus=1,
             num_cpus=1,
         )
-        ds = ds.map_batches(finish_stage, fn_kwargs={"config": config},
-                            batch_size=run.batch_size, num_cpus=task_cpus)  # fmt: skip
+        ds = ds.map_batches(
+            finish_stage,
+            fn_kwargs={"config": config},
+            batch_size=run.batch_size,
+            num_cpus=task_cpus,
+        )
     else:
         # On CPU one task takes a work item through every stage: its frames stay in the
         # worker that decoded them (no trip through the object store), no flow actor has to
         # start, and `workers` tasks of one CPU each keep `workers` cores busy.
-        ds = ds.flat_map(cpu_stage, concurrency=workers, fn_kwargs={
-            "config": config, "options": options, "batch_size": run.batch_size})  # fmt: skip
+        ds = ds.flat_map(
+            cpu_stage,
+            concurrency=workers,
+            fn_kwargs={"config": config, "options": options, "batch_size": run.batch_size},
+        )
     for row in ds.iter_rows():
         yield int(row["shard"]), pickle.loads(row["payload"])
 
@@ -327,12 +353,26 @@ def _manifest(out: Path, plan: Plan, attrs: dict[str, Any], complete: bool) -> d
     shards, ids, dropped = [], [], []
     splits: Counter[str] = Counter()
     decoders = plan.decoders
-    per_source = {sid: {"planned": 0, "written": 0, "dropped": 0, "skipped": None,
-                        "decoder": decoders[sid], "note": info.note}
-                  for sid, info in plan.infos.items()}  # fmt: skip
+    per_source = {
+        sid: {
+            "planned": 0,
+            "written": 0,
+            "dropped": 0,
+            "skipped": None,
+            "decoder": decoders[sid],
+            "note": info.note,
+        }
+        for sid, info in plan.infos.items()
+    }
     for d in plan.skipped:
-        per_source[d.source_id] = {"planned": 0, "written": 0, "dropped": 0, "skipped": d.reason,
-                                   "decoder": None, "note": None}  # fmt: skip
+        per_source[d.source_id] = {
+            "planned": 0,
+            "written": 0,
+            "dropped": 0,
+            "skipped": d.reason,
+            "decoder": None,
+            "note": None,
+        }
     for s in plan.samples:
         per_source[s.source_id]["planned"] += 1
     if complete:
@@ -366,9 +406,13 @@ def _manifest(out: Path, plan: Plan, attrs: dict[str, Any], complete: bool) -> d
     }
 
 
-def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
-            run: RunSettings = RunSettings(),
-            plan: Plan | None = None) -> ExtractResult:  # fmt: skip
+def extract(
+    inputs: Sequence[str],
+    out: str | Path,
+    config: ExtractConfig,
+    run: RunSettings = RunSettings(),
+    plan: Plan | None = None,
+) -> ExtractResult:
     """Build (or finish) the dataset of ``inputs`` in ``out``; see the module docstring.
 
     ``plan``, when given (a recipe's), is built as it is instead of planning ``inputs`` (then
@@ -404,8 +448,11 @@ def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
         remove_temporary(out)
         defines = {"config": plan.config.to_dict(), "flow_backend": plan.flow_identity}
         check_existing(out, plan.fingerprint, defines, len(plan.samples), run.overwrite)
-        attrs = {"config": {**plan.config.to_dict(), "inputs": list(inputs)},
-                 "flow_backend": identity, "codec": config.codec.params()}  # fmt: skip
+        attrs = {
+            "config": {**plan.config.to_dict(), "inputs": list(inputs)},
+            "flow_backend": identity,
+            "codec": config.codec.params(),
+        }
         with write_errors(out / MANIFEST):
             write_json_atomic(out / MANIFEST, _manifest(out, plan, attrs, complete=False))
         done = finished_shards(out, plan.fingerprint, plan.num_shards)
@@ -423,8 +470,11 @@ def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
                     bar.update(1)
         seconds = time.monotonic() - start
         complete = not collector.pending
-        total_bytes = sum((out / shard_name(i)).stat().st_size for i in range(plan.num_shards)
-                          if (out / shard_name(i)).exists())  # fmt: skip
+        total_bytes = sum(
+            (out / shard_name(i)).stat().st_size
+            for i in range(plan.num_shards)
+            if (out / shard_name(i)).exists()
+        )
         with write_errors(out):
             manifest = _manifest(out, plan, attrs, complete)
             written = manifest["num_samples"]
@@ -435,5 +485,15 @@ def extract(inputs: Sequence[str], out: str | Path, config: ExtractConfig,
                 "bytes_per_sample": round(total_bytes / written, 1) if written else None,
             }
             write_json_atomic(out / MANIFEST, manifest)
-    return ExtractResult(out, plan, complete, manifest["num_samples"], read_failures(out),
-                         errors, total_bytes, seconds, computed, manifest)  # fmt: skip
+    return ExtractResult(
+        out,
+        plan,
+        complete,
+        manifest["num_samples"],
+        read_failures(out),
+        errors,
+        total_bytes,
+        seconds,
+        computed,
+        manifest,
+    )

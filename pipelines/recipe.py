@@ -49,6 +49,7 @@ from cmpdata.records import Dropped, Source, VideoInfo
 from cmpdata.seeding import stable_hash
 from cmpdata.store.codec import FlowCodec
 from cmpdata.store.manifest import write_json_atomic
+from cmpdata.store.reports import format_bytes
 from pipelines.extract import ExtractResult, RunSettings, extract, flow_identity
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -63,8 +64,12 @@ BYTES_PER_PIXEL = 0.286
 # figure, 6.08 pairs/s on 2 workers, benchmarks/extract.py), scaled by frame area.
 PIXELS_PER_CORE_SECOND = 3.04 * 416 * 560
 
-_SECTIONS = {"pairs": PairConfig, "filters": FilterConfig, "guidance": GuidanceConfig,
-             "codec": FlowCodec}  # fmt: skip
+_SECTIONS = {
+    "pairs": PairConfig,
+    "filters": FilterConfig,
+    "guidance": GuidanceConfig,
+    "codec": FlowCodec,
+}
 _DATASET_KEYS = {"layout", "target", "stride"}
 
 
@@ -119,8 +124,10 @@ def _extract_config(data: dict[str, Any], where: str) -> ExtractConfig:
             f"{where}.pairs: {sorted(per_dataset)} are not processing settings in a recipe: "
             "each dataset has a stride, and its target sets the count"
         )
-    kwargs = {key: _SECTIONS[key](**_mapping(value, f"{where}.{key}")) if key in _SECTIONS
-              else value for key, value in data.items()}  # fmt: skip
+    kwargs = {
+        key: _SECTIONS[key](**_mapping(value, f"{where}.{key}")) if key in _SECTIONS else value
+        for key, value in data.items()
+    }
     return ExtractConfig(**kwargs)
 
 
@@ -137,8 +144,10 @@ def _dataset(name: str, data: Any, where: str) -> DatasetSpec:
         layouts.append(build_layout(layout, accepted))
     unused = sorted(set(options) - {k for lay in names for k in _layout_fields(lay)})
     if unused:
-        raise UsageError(f"{where}: unknown keys {unused}; a dataset has layout, target, "
-                           "stride and its layout's options")  # fmt: skip
+        raise UsageError(
+            f"{where}: unknown keys {unused}; a dataset has layout, target, "
+            "stride and its layout's options"
+        )
     stride = _count(data.get("stride", 10), f"{where}.stride")
     return DatasetSpec(name, tuple(layouts), _count(data["target"], f"{where}.target"), stride)
 
@@ -158,8 +167,10 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
             choices = ", ".join(r.name for r in list_recipes())
-            raise UsageError(f"unknown recipe {name_or_path!r}; choose one of: {choices}, "
-                               "or give the path of a recipe file (.yaml)")  # fmt: skip
+            raise UsageError(
+                f"unknown recipe {name_or_path!r}; choose one of: {choices}, "
+                "or give the path of a recipe file (.yaml)"
+            )
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -170,11 +181,14 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     data = _mapping(data, where)
     unknown = sorted(set(data) - {"name", "description", "notes", "processing", "datasets"})
     if unknown or "datasets" not in data:
-        raise UsageError(f"{where}: unknown keys {unknown} or no 'datasets'; a recipe has "
-                           "name, description, notes, processing, datasets")  # fmt: skip
+        raise UsageError(
+            f"{where}: unknown keys {unknown} or no 'datasets'; a recipe has "
+            "name, description, notes, processing, datasets"
+        )
     try:
-        config = _extract_config(_mapping(data.get("processing", {}), f"{where}: processing"),
-                                 f"{where}: processing")  # fmt: skip
+        config = _extract_config(
+            _mapping(data.get("processing", {}), f"{where}: processing"), f"{where}: processing"
+        )
         entries = _mapping(data["datasets"], f"{where}: datasets")
         datasets = tuple(_dataset(str(k), v, f"{where}: datasets.{k}") for k, v in entries.items())
     except (TypeError, ValueError) as exc:  # unknown fields, values out of range
@@ -183,8 +197,14 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise UsageError(f"{where}: no datasets")
     notes = data.get("notes") or []
     notes = [notes] if isinstance(notes, str) else notes
-    return Recipe(str(data.get("name", path.stem)), str(data.get("description", "")).strip(),
-                  path, config, datasets, tuple(str(n) for n in notes))  # fmt: skip
+    return Recipe(
+        str(data.get("name", path.stem)),
+        str(data.get("description", "")).strip(),
+        path,
+        config,
+        datasets,
+        tuple(str(n) for n in notes),
+    )
 
 
 def list_recipes() -> list[Recipe]:
@@ -229,13 +249,6 @@ def even_caps(counts: Mapping[str, int], target: int) -> dict[str, int]:
     return caps
 
 
-def _size(nbytes: float) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:,.1f} {unit}"
-    return f"{nbytes / 1e3:,.1f} KB"
-
-
 def _duration(seconds: float) -> str:
     for unit, scale in (("days", 86400), ("h", 3600), ("min", 60)):
         if seconds >= 2 * scale:
@@ -253,7 +266,7 @@ def estimate_lines(pairs: int, pixels_per_pair: float, cores: int) -> list[str]:
         "estimates (from a formula with measured constants, not from running this plan):",
         f"  frames stored at {pixels_per_pair:,.0f} px a pair on average",
         f"  disk: {pairs:,} pairs x {pixels_per_pair:,.0f} px x {BYTES_PER_PIXEL} bytes/px "
-        f"({_size(per_pair)} a pair) = {_size(pairs * per_pair)}",
+        f"({format_bytes(per_pair)} a pair) = {format_bytes(pairs * per_pair)}",
         f"  time: {pairs:,} pairs x {pixels_per_pair:,.0f} px / {PIXELS_PER_CORE_SECOND:,.0f} "
         f"px/s per core (DIS medium, CPU) = {_duration(core_seconds)} on one core, "
         f"{_duration(core_seconds / cores)} on {cores} cores",
@@ -313,16 +326,25 @@ class RecipePlan:
             "roots": self.roots,
             "limit": self.limit,
             "plan_fingerprint": self.plan.fingerprint,
-            "datasets": {d.spec.name: {"layout": d.scan.layout, "videos": d.scan.videos,
-                                       "frames": d.frames, "target": d.target,
-                                       "candidates": d.candidates, "planned": d.planned,
-                                       "shortfall": d.shortfall, "problems": d.scan.problems()}
-                         for d in self.datasets},
-        }  # fmt: skip
+            "datasets": {
+                d.spec.name: {
+                    "layout": d.scan.layout,
+                    "videos": d.scan.videos,
+                    "frames": d.frames,
+                    "target": d.target,
+                    "candidates": d.candidates,
+                    "planned": d.planned,
+                    "shortfall": d.shortfall,
+                    "problems": d.scan.problems(),
+                }
+                for d in self.datasets
+            },
+        }
 
 
-def _usable(scan: Scan, config: ExtractConfig, identity: dict[str, Any], progress: bool
-            ) -> tuple[dict[str, Source], dict[str, VideoInfo], list[Dropped]]:  # fmt: skip
+def _usable(
+    scan: Scan, config: ExtractConfig, identity: dict[str, Any], progress: bool
+) -> tuple[dict[str, Source], dict[str, VideoInfo], list[Dropped]]:
     """The sources of ``scan`` that can give pairs, their infos, and the ones left out.
 
     Frame folders are checked from their listed size and count; video files are probed
@@ -350,8 +372,13 @@ def _usable(scan: Scan, config: ExtractConfig, identity: dict[str, Any], progres
     return sources, infos, sorted(skipped, key=lambda d: d.source_id)
 
 
-def plan_recipe(recipe: Recipe, roots: Mapping[str, str | Path], identity: dict[str, Any],
-                limit: int | None = None, progress: bool = True) -> RecipePlan:  # fmt: skip
+def plan_recipe(
+    recipe: Recipe,
+    roots: Mapping[str, str | Path],
+    identity: dict[str, Any],
+    limit: int | None = None,
+    progress: bool = True,
+) -> RecipePlan:
     """Scan every dataset root, select the pairs (see the module docstring) and make the plan.
 
     ``roots`` maps each dataset of the recipe to the folder of the user's copy; ``identity``
@@ -366,8 +393,10 @@ def plan_recipe(recipe: Recipe, roots: Mapping[str, str | Path], identity: dict[
         raise UsageError(f"recipe {recipe.name} has no dataset {unknown}; its datasets: {names}")
     for spec in recipe.datasets:
         if spec.name not in roots:
-            raise UsageError(f"recipe {recipe.name} needs --root {spec.name}=PATH: the folder "
-                               f"holding {spec.describe()}")  # fmt: skip
+            raise UsageError(
+                f"recipe {recipe.name} needs --root {spec.name}=PATH: the folder "
+                f"holding {spec.describe()}"
+            )
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
     targets = scaled_targets(recipe, limit)
@@ -396,8 +425,11 @@ def plan_recipe(recipe: Recipe, roots: Mapping[str, str | Path], identity: dict[
             used += 1
         skipped += dropped
         frames = sum(known[k].num_frames for k in usable)
-        rows.append(DatasetPlan(spec, scan, targets[spec.name], sum(counts.values()), planned,
-                                dropped, frames, used))  # fmt: skip
+        rows.append(
+            DatasetPlan(
+                spec, scan, targets[spec.name], sum(counts.values()), planned, dropped, frames, used
+            )
+        )
     samples.sort(key=lambda s: s.source_id)  # stable: each source's pairs stay in frame order
     ordered = {k: sources[k] for k in sorted(sources)}
     plan = Plan(recipe.config, identity, ordered, infos, skipped, samples)
@@ -412,14 +444,34 @@ def format_plan(rp: RecipePlan, cores: int | None = None, examples: int = 3) -> 
     lines += [f"  note: {note}" for note in recipe.notes]
     if rp.limit is not None:
         lines.append(f"  --limit {rp.limit}: targets scaled to {rp.limit:,} pairs in all")
-    header = ("dataset", "layout", "videos", "frames", "sources", "skipped", "candidates",
-              "target", "planned", "shortfall")  # fmt: skip
+    header = (
+        "dataset",
+        "layout",
+        "videos",
+        "frames",
+        "sources",
+        "skipped",
+        "candidates",
+        "target",
+        "planned",
+        "shortfall",
+    )
     rows = [header]
     for d in rp.datasets:
-        rows.append((d.spec.name, d.scan.layout, f"{d.scan.videos:,}", f"{d.frames:,}",
-                     f"{d.sources:,}",
-                     f"{len(d.skipped):,}", f"{d.candidates:,}", f"{d.target:,}",
-                     f"{d.planned:,}", f"{d.shortfall:,}"))  # fmt: skip
+        rows.append(
+            (
+                d.spec.name,
+                d.scan.layout,
+                f"{d.scan.videos:,}",
+                f"{d.frames:,}",
+                f"{d.sources:,}",
+                f"{len(d.skipped):,}",
+                f"{d.candidates:,}",
+                f"{d.target:,}",
+                f"{d.planned:,}",
+                f"{d.shortfall:,}",
+            )
+        )
     totals = [sum(getattr(d, k) for d in rp.datasets) for k in ("target", "planned", "shortfall")]
     rows.append(("total", "", "", "", "", "", "", *(f"{t:,}" for t in totals)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -433,16 +485,22 @@ def format_plan(rp: RecipePlan, cores: int | None = None, examples: int = 3) -> 
         lines += [f"  {problem}" for problem in d.scan.problems()]
         lines += [f"  skipped {x.source_id}: {x.reason}" for x in d.skipped[:examples]]
         if len(d.skipped) > examples:
-            lines.append(f"  ... {len(d.skipped) - examples} more skipped (all recorded in "
-                         "failures.jsonl by build)")  # fmt: skip
+            lines.append(
+                f"  ... {len(d.skipped) - examples} more skipped (all recorded in "
+                "failures.jsonl by build)"
+            )
     lines += rp.estimates(cores or os.cpu_count() or 1)
     lines.append(f"plan fingerprint: {rp.plan.fingerprint}")
     return "\n".join(lines)
 
 
-def build_recipe(recipe: Recipe, roots: Mapping[str, str | Path], out: str | Path,
-                 run: RunSettings | None = None, limit: int | None = None
-                 ) -> tuple[RecipePlan, ExtractResult]:  # fmt: skip
+def build_recipe(
+    recipe: Recipe,
+    roots: Mapping[str, str | Path],
+    out: str | Path,
+    run: RunSettings | None = None,
+    limit: int | None = None,
+) -> tuple[RecipePlan, ExtractResult]:
     """Plan the recipe (as :func:`plan_recipe`) and run the extraction on exactly that plan.
 
     Writes ``recipe.json`` (:meth:`RecipePlan.record`) beside the manifest. Raises what

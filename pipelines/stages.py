@@ -113,8 +113,9 @@ def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, A
     return _item_rows(item, list(decode_item(item, config)))
 
 
-def flow_records(records: Sequence[object], backend: FlowBackend, consistency: bool
-                 ) -> list[object]:  # fmt: skip
+def flow_records(
+    records: Sequence[object], backend: FlowBackend, consistency: bool
+) -> list[object]:
     """Each FramePair -> its FlowSample (computed as one batch); other records pass through."""
     out = list(records)
     todo = [i for i, r in enumerate(out) if isinstance(r, FramePair)]
@@ -137,8 +138,9 @@ class FlowStage:
         return _batch(shards, flow_records(records, self.backend, self.consistency))
 
 
-def finish_records(records: Sequence[object], sampler: GuidanceSampler, config: ExtractConfig
-                   ) -> list[object]:  # fmt: skip
+def finish_records(
+    records: Sequence[object], sampler: GuidanceSampler, config: ExtractConfig
+) -> list[object]:
     """Flow filters, guidance and encoding: each FlowSample -> EncodedSample (or Dropped)."""
     out: list[object] = []
     for record in records:
@@ -160,8 +162,9 @@ def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[st
 _BACKENDS: dict[str, FlowBackend] = {}  # per worker process: Ray reuses its task workers
 
 
-def cpu_stage(row: dict[str, Any], config: ExtractConfig, options: dict[str, Any],
-              batch_size: int) -> list[dict[str, Any]]:  # fmt: skip
+def cpu_stage(
+    row: dict[str, Any], config: ExtractConfig, options: dict[str, Any], batch_size: int
+) -> list[dict[str, Any]]:
     """Ray Data flat_map for a CPU flow backend: one work item through every stage."""
     _limit_threads()
     item: WorkItem = pickle.loads(row["payload"])

@@ -86,8 +86,14 @@ def test_interleaved_runs_variants_in_turn_and_drops_the_warmup():
 
 def test_number_keeps_three_significant_digits():
     assert [number(x) for x in (241.3, 19.74, 1.234, 0.05893, 1234.5, 0.0, None)] == [
-        "241", "19.7", "1.23", "0.0589", "1234", "0", "-",
-    ]  # fmt: skip
+        "241",
+        "19.7",
+        "1.23",
+        "0.0589",
+        "1234",
+        "0",
+        "-",
+    ]
 
 
 def test_table_aligns_columns_groups_parts_and_states_goals():
@@ -138,17 +144,33 @@ GPU_RESULT = {
     "device": "NVIDIA H100",
     "machine": {"cpus": 16},
     "raft": [
-        {"variant": "raft-small", "precision": "fp32", "batch_size": 1, "speed_up": 1.0,
-         "pairs_per_s": {"median": 20.0, "min": 19.0, "max": 21.0}},
-        {"variant": "raft-small", "precision": "fp16", "batch_size": 16, "speed_up": 4.0,
-         "pairs_per_s": {"median": 80.0, "min": 78.0, "max": 81.0}, "epe_px": 0.5},
+        {
+            "variant": "raft-small",
+            "precision": "fp32",
+            "batch_size": 1,
+            "speed_up": 1.0,
+            "pairs_per_s": {"median": 20.0, "min": 19.0, "max": 21.0},
+        },
+        {
+            "variant": "raft-small",
+            "precision": "fp16",
+            "batch_size": 16,
+            "speed_up": 4.0,
+            "pairs_per_s": {"median": 80.0, "min": 78.0, "max": 81.0},
+            "epe_px": 0.5,
+        },
     ],
-    "pipeline": {"runs": {
-        "raft-small fp16, 1 GPU actor": {"pairs": 100, "pairs_per_s": 40.0,
-                                         "marginal_pairs_per_s": 150.0},
-        "dis medium, 16 CPU workers": {"pairs": 100, "pairs_per_s": 30.0},
-    }},
-}  # fmt: skip
+    "pipeline": {
+        "runs": {
+            "raft-small fp16, 1 GPU actor": {
+                "pairs": 100,
+                "pairs_per_s": 40.0,
+                "marginal_pairs_per_s": 150.0,
+            },
+            "dis medium, 16 CPU workers": {"pairs": 100, "pairs_per_s": 30.0},
+        }
+    },
+}
 
 
 def test_gpu_results_become_figures_and_feed_the_projection():
@@ -188,11 +210,24 @@ def test_a_saved_gpu_result_is_labelled_with_its_machine(tmp_path):
 
 def test_replicate_cycles_samples_under_new_ids_in_the_train_split():
     base = [
-        EncodedSample(f"clip{i}.mp4#000000-000003", f"clip{i}.mp4", 0, 3, "val", 7, b"jpg",
-                      (4, 4), b"flow", b"", (0, 0, 4, 4), (1.0, 1.0),
-                      np.zeros((1, 2), np.float32), np.zeros((1, 2), np.float32))
+        EncodedSample(
+            f"clip{i}.mp4#000000-000003",
+            f"clip{i}.mp4",
+            0,
+            3,
+            "val",
+            7,
+            b"jpg",
+            (4, 4),
+            b"flow",
+            b"",
+            (0, 0, 4, 4),
+            (1.0, 1.0),
+            np.zeros((1, 2), np.float32),
+            np.zeros((1, 2), np.float32),
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     out = replicate(base, 5)
     assert len({s.sample_id for s in out}) == 5
     assert {s.split for s in out} == {"train"}

@@ -41,13 +41,24 @@ def test_missing_path_is_a_one_line_error(tmp_path: Path):
 def test_preview_writes_one_picture_per_pair(synth_clips: Path, tmp_path: Path, capsys):
     out = tmp_path / "preview"
     code = main(
-        ["preview", str(synth_clips / "clip002.mp4"), "--out", str(out),
-         "--short-side", "96", "--max-pairs-per-video", "2", "--consistency"]
-    )  # fmt: skip
+        [
+            "preview",
+            str(synth_clips / "clip002.mp4"),
+            "--out",
+            str(out),
+            "--short-side",
+            "96",
+            "--max-pairs-per-video",
+            "2",
+            "--consistency",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     pictures = sorted(out.glob("*.png"))
-    assert [p.name for p in pictures] == ["clip002.mp4_000000-000003.png",
-                                          "clip002.mp4_000020-000023.png"]  # fmt: skip
+    assert [p.name for p in pictures] == [
+        "clip002.mp4_000000-000003.png",
+        "clip002.mp4_000020-000023.png",
+    ]
     image = cv2.imread(str(pictures[0]))
     assert image is not None and image.shape[0] >= 96 and image.shape[1] > 2 * 128
 
@@ -60,13 +71,22 @@ def test_preview_with_only_bad_input_exits_2(tmp_path: Path, capsys):
     assert "x.mp4" in err and "Traceback" not in err
 
 
-def test_raft_without_weights_says_how_to_supply_them(synth_clips: Path, tmp_path: Path,
-                                                      capsys, monkeypatch):  # fmt: skip
+def test_raft_without_weights_says_how_to_supply_them(
+    synth_clips: Path, tmp_path: Path, capsys, monkeypatch
+):
     import torch.hub
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    code = main(["preview", str(synth_clips / "clip000.mp4"), "--out", str(tmp_path / "o"),
-                 "--flow", "raft-small"])  # fmt: skip
+    code = main(
+        [
+            "preview",
+            str(synth_clips / "clip000.mp4"),
+            "--out",
+            str(tmp_path / "o"),
+            "--flow",
+            "raft-small",
+        ]
+    )
     assert code == 2
     assert "--flow-weights" in capsys.readouterr().err
 
@@ -130,8 +150,9 @@ def test_config_file_sets_options_and_flags_win(tmp_path: Path):
         "filters: {static_motion_px: 1.0}\nguidance_options: {nms_ks: 41, max_num_guide: 150}\n"
         "flow_options: {preset: fast}\n"
     )
-    config = _extract_config(["extract", "--videos", "v", "--out", "o", "--config", str(cfg),
-                              "--seed", "3"])  # fmt: skip
+    config = _extract_config(
+        ["extract", "--videos", "v", "--out", "o", "--config", str(cfg), "--seed", "3"]
+    )
     assert config.shard_size == 50 and config.pairs.gap == 2 and config.seed == 3
     assert config.filters.static_motion_px == 1.0 and config.guidance.nms_ks == 41
     assert config.guidance.max_num_guide == 150 and config.flow_options == {"preset": "fast"}

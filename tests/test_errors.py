@@ -33,8 +33,19 @@ def one_line(err: str) -> bool:
 
 
 def extract(clip: Path, out: Path, *extra: str) -> list[str]:
-    return ["extract", "--videos", str(clip), "--out", str(out), "--quiet", "--shard-size", "4",
-            "--max-pairs-per-video", "2", *extra]  # fmt: skip
+    return [
+        "extract",
+        "--videos",
+        str(clip),
+        "--out",
+        str(out),
+        "--quiet",
+        "--shard-size",
+        "4",
+        "--max-pairs-per-video",
+        "2",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -50,8 +61,9 @@ def extract(clip: Path, out: Path, *extra: str) -> list[str]:
         (["--flow", "dis", "--flow-weights", "w.pth"], "--flow-weights applies to RAFT only"),
     ],
 )
-def test_bad_options_are_refused_at_once_and_create_nothing(synth_clips, tmp_path, capsys,
-                                                            options, words):  # fmt: skip
+def test_bad_options_are_refused_at_once_and_create_nothing(
+    synth_clips, tmp_path, capsys, options, words
+):
     out = tmp_path / "new" / "ds"
     assert cmpdata_main(extract(synth_clips / "clip000.mp4", out, *options)) == 2
     err = capsys.readouterr().err
@@ -75,8 +87,9 @@ def test_more_gpus_than_there_are_is_refused(synth_clips, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     started = time.monotonic()
-    assert cmpdata_main(extract(synth_clips / "clip000.mp4", tmp_path / "ds", "--num-gpus",
-                                "1")) == 2  # fmt: skip
+    assert (
+        cmpdata_main(extract(synth_clips / "clip000.mp4", tmp_path / "ds", "--num-gpus", "1")) == 2
+    )
     err = capsys.readouterr().err
     assert one_line(err) and "--num-gpus 1: this machine has 0 GPUs" in err
     assert not (tmp_path / "ds").exists() and time.monotonic() - started < 120
@@ -115,8 +128,9 @@ def test_cluster_addresses_that_do_not_answer_are_refused_in_bounded_time(
     ]
     for address, words in cases:
         started = time.monotonic()
-        code = cmpdata_main(extract(clip, tmp_path / "ds", "--address", address,
-                                    "--connect-timeout", "3"))  # fmt: skip
+        code = cmpdata_main(
+            extract(clip, tmp_path / "ds", "--address", address, "--connect-timeout", "3")
+        )
         err = capsys.readouterr().err
         assert code == 2 and one_line(err) and words in err, (address, err)
         assert time.monotonic() - started < 30
@@ -138,8 +152,12 @@ def test_address_auto_with_no_ray_running(synth_clips, tmp_path):
     )
     Path("/tmp/ray").mkdir(exist_ok=True)
     argv = extract(synth_clips / "clip000.mp4", tmp_path / "ds", "--address", "auto")
-    proc = subprocess.run(["unshare", "-fpm", "--mount-proc", sys.executable, "-c", script,
-                           *argv], capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        ["unshare", "-fpm", "--mount-proc", sys.executable, "-c", script, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and one_line(proc.stderr), proc.stderr
     assert "--address auto: cannot join the Ray cluster" in proc.stderr
     assert "Could not find any running Ray instance" in proc.stderr
@@ -200,8 +218,24 @@ def test_outputs_that_cannot_be_written_are_refused(dataset, tmp_path, capsys):
 
 
 def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(out), "--arch", "tiny", "--iters", "3",
-            "--batch-size", "2", "--crop", "32", "--lr", "0.01", *extra]  # fmt: skip
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--arch",
+        "tiny",
+        "--iters",
+        "3",
+        "--batch-size",
+        "2",
+        "--crop",
+        "32",
+        "--lr",
+        "0.01",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
@@ -216,8 +250,9 @@ def test_a_damaged_sample_met_in_training_is_one_line(dataset, tmp_path, capsys,
     manifest = json.loads((dataset / "manifest.json").read_text())
     manifest["shards"][0].update(bytes=shard.stat().st_size, sha256=file_sha256(shard))
     (dataset / "manifest.json").write_text(json.dumps(manifest))
-    code = cmpmodel_main(train_argv(dataset, tmp_path / "run", "--workers", workers,
-                                    "--iters", "20"))  # fmt: skip
+    code = cmpmodel_main(
+        train_argv(dataset, tmp_path / "run", "--workers", workers, "--iters", "20")
+    )
     err = capsys.readouterr().err
     said = err.splitlines()[-1]  # after the progress bar
     assert code == 1 and said.startswith("cmpmodel: error: "), err
@@ -241,8 +276,11 @@ def test_propagate_refuses_absurd_guides_and_unwritable_outputs(tmp_path, capsys
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), np.zeros((40, 60, 3), np.uint8))
     base = ["propagate", "--checkpoint", str(tmp_path / "none.pt"), "--image", str(image)]
-    cases = [("10,10,1e9,0", "longer than the 60 x 40 image"), ("10,10,nan,0", "lies outside"),
-             ("100,10,1,0", "lies outside")]  # fmt: skip
+    cases = [
+        ("10,10,1e9,0", "longer than the 60 x 40 image"),
+        ("10,10,nan,0", "lies outside"),
+        ("100,10,1,0", "lies outside"),
+    ]
     for guide, words in cases:
         assert cmpmodel_main([*base, "--guide", guide, "--out", str(tmp_path / "p.png")]) == 2
         err = capsys.readouterr().err
@@ -256,8 +294,12 @@ def test_propagate_refuses_absurd_guides_and_unwritable_outputs(tmp_path, capsys
 def test_a_checkpoint_holding_objects_is_refused_without_unsafe_advice(tmp_path, capsys):
     evil = tmp_path / "evil.pt"
     torch.save({"model": argparse.Namespace(a=1)}, evil)
-    assert cmpmodel_main(["export-encoder", "--checkpoint", str(evil), "--out",
-                          str(tmp_path / "e.pth")]) == 2  # fmt: skip
+    assert (
+        cmpmodel_main(
+            ["export-encoder", "--checkpoint", str(evil), "--out", str(tmp_path / "e.pth")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert one_line(err) and "evil.pt: not loaded" in err and "Namespace" in err
     assert "weights_only" not in err and "trust" not in err

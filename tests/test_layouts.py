@@ -128,8 +128,11 @@ def test_yfcc_uses_listed_frames_grouped_by_video_and_reports_what_is_missing(tr
     # bbb's hole at 0004 splits it; its first run (3 frames) is kept as a source here, the
     # planner leaves it out as shorter than gap + 1.
     assert [s.id for s in found.sources] == [
-        "yfcc/0/aaa", "yfcc/0/bbb@bbb_0001", "yfcc/0/bbb@bbb_0005", "yfcc/1/ccc",
-    ]  # fmt: skip
+        "yfcc/0/aaa",
+        "yfcc/0/bbb@bbb_0001",
+        "yfcc/0/bbb@bbb_0005",
+        "yfcc/1/ccc",
+    ]
     by_id = {s.id: s for s in found.sources}
     assert by_id["yfcc/0/bbb@bbb_0005"].frames == tuple(f"bbb_{i:04d}.jpg" for i in range(5, 11))
     assert by_id["yfcc/1/ccc"].path == trees["yfcc"] / "UnsupVideo_Frames" / "1"
@@ -153,16 +156,20 @@ def test_youtube_vos_reads_meta_json(trees):
 def test_video_files_are_found_recursively_and_probed_later(trees):
     found = scan("videos", trees["videos"])
     assert [s.id for s in found.sources] == [
-        "videos/abc.mp4", "videos/broken.mp4", "videos/channel/def.webm",
-    ]  # fmt: skip
+        "videos/abc.mp4",
+        "videos/broken.mp4",
+        "videos/channel/def.webm",
+    ]
     assert all(s.kind == "video" for s in found.sources) and found.infos == {}
 
 
 def test_vip_reads_the_split_lists_and_splits_clumps_into_runs(trees):
     found = scan("vip", trees["vip"])
     assert [s.id for s in found.sources] == [
-        "vip/videos1@000000000001", "vip/videos1@000000000026", "vip/videos2",
-    ]  # fmt: skip
+        "vip/videos1@000000000001",
+        "vip/videos1@000000000026",
+        "vip/videos2",
+    ]
     assert found.missing == ["Images/videos3/"] and found.ignored == 1 and found.gaps == 1
     only_train = scan("vip", trees["vip"], splits=["train"])
     assert only_train.missing == [] and len(only_train.sources) == 3
@@ -209,8 +216,11 @@ def test_a_root_of_another_layout_or_none_names_what_was_expected(trees, tmp_pat
     layouts = [build_layout("youtube-vos", {}), build_layout("videos", {})]
     assert choose_layout(layouts, trees["videos"]).name == "videos"
     assert choose_layout(layouts, trees["youtube-vos"]).name == "youtube-vos"
-    with pytest.raises(SourceError, match=r"not a recognised layout; expected youtube-vos: "
-                       r"train/JPEGImages.*; or videos: video files"):  # fmt: skip
+    with pytest.raises(
+        SourceError,
+        match=r"not a recognised layout; expected youtube-vos: "
+        r"train/JPEGImages.*; or videos: video files",
+    ):
         choose_layout(layouts, trees["mpii"])
     with pytest.raises(SourceError, match="no such directory; expected youtube-vos"):
         choose_layout(layouts, tmp_path / "nowhere")

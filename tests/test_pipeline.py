@@ -46,8 +46,10 @@ def test_end_to_end_dataset(clean_run: Path):
     assert verify_dataset(clean_run, progress=False).ok
     samples = [ShardDataset(clean_run, split=None)[i] for i in range(9)]
     assert [s.sample_id for s in samples][:3] == [
-        "clip000.mp4#000000-000003", "clip000.mp4#000010-000013", "clip000.mp4#000020-000023",
-    ]  # fmt: skip
+        "clip000.mp4#000000-000003",
+        "clip000.mp4#000010-000013",
+        "clip000.mp4#000020-000023",
+    ]
     # A video's pairs all fall on one side of the split.
     splits: dict[str, set[str]] = {}
     for s in samples:
@@ -104,11 +106,30 @@ def test_broken_videos_are_recorded_and_the_rest_completes(synth_clips: Path, ra
 
 def test_kill_9_then_rerun_gives_the_clean_dataset(synth_clips: Path, clean_run: Path, tmp_path):
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "pipelines.cli", "extract", "--videos", *videos(synth_clips),
-           "--out", str(out), "--short-side", "0", "--shard-size", "4", "--val-fraction", "0.34",
-           "--workers", "1", "--batch-size", "1", "--quiet"]  # fmt: skip
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "extract",
+        "--videos",
+        *videos(synth_clips),
+        "--out",
+        str(out),
+        "--short-side",
+        "0",
+        "--shard-size",
+        "4",
+        "--val-fraction",
+        "0.34",
+        "--workers",
+        "1",
+        "--batch-size",
+        "1",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (out / "shard-00000.json").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "the first shard never appeared"
@@ -156,9 +177,16 @@ def test_work_items_keep_long_videos_whole_but_feed_every_worker():
         # Every planned pair exactly once, each item within one shard and one source.
         got = [(i.source.id, p) for i in items for p in i.pairs]
         assert got == [(s.source_id, (s.t0, s.t1)) for s in samples]
-        assert all(i.shard == plan.samples.index(
-            next(s for s in samples if s.source_id == i.source.id and (s.t0, s.t1) == i.pairs[0])
-        ) // 1000 for i in items)  # fmt: skip
+        assert all(
+            i.shard
+            == plan.samples.index(
+                next(
+                    s for s in samples if s.source_id == i.source.id and (s.t0, s.t1) == i.pairs[0]
+                )
+            )
+            // 1000
+            for i in items
+        )
     assert len(few) < 10  # one worker: few long items, few restarts of the decoder
     assert len(many) >= 4 * 32 and max(len(i.pairs) for i in many) == 16
 
@@ -182,8 +210,20 @@ def test_a_shard_that_does_not_read_back_as_written_is_never_finished(
 
     monkeypatch.setattr(cmpdata.store.directory, "write_shard", write_then_change)
     out = tmp_path / "ds"
-    argv = ["extract", "--videos", *videos(synth_clips), "--out", str(out), "--short-side", "0",
-            "--shard-size", "4", "--val-fraction", "0.34", "--quiet"]  # fmt: skip
+    argv = [
+        "extract",
+        "--videos",
+        *videos(synth_clips),
+        "--out",
+        str(out),
+        "--short-side",
+        "0",
+        "--shard-size",
+        "4",
+        "--val-fraction",
+        "0.34",
+        "--quiet",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "shard-0000" in err and "read back, sample 0" in err and "Traceback" not in err
@@ -194,8 +234,9 @@ def test_a_shard_that_does_not_read_back_as_written_is_never_finished(
     assert read_manifest(out)["content_digest"] == read_manifest(clean_run)["content_digest"]
 
 
-def test_a_dataset_of_the_old_schema_is_one_line_everywhere(clean_run: Path, synth_clips: Path,
-                                                            tmp_path):  # fmt: skip
+def test_a_dataset_of_the_old_schema_is_one_line_everywhere(
+    clean_run: Path, synth_clips: Path, tmp_path
+):
     import json
 
     import h5py

@@ -46,8 +46,12 @@ class ExactFlow(FlowBackend):
     (its exact flow t -> t + GAP, on the same letterboxed canvas), for frames that went
     through the pipeline's own crop and resize."""
 
-    def __init__(self, frames: Sequence[np.ndarray] = (), flows: Sequence[np.ndarray] = (),
-                 short_side: int = 416) -> None:  # fmt: skip
+    def __init__(
+        self,
+        frames: Sequence[np.ndarray] = (),
+        flows: Sequence[np.ndarray] = (),
+        short_side: int = 416,
+    ) -> None:
         self.frames, self.flows, self.short_side = frames, flows, short_side
 
     def compute(self, frames0, frames1):
@@ -82,8 +86,9 @@ def letterboxed(image: np.ndarray, bars: tuple[int, int, int, int]) -> np.ndarra
 def test_written_samples_read_back_verify_and_hold_the_exact_flow(
     tmp_path_factory: pytest.TempPathFactory, height, width, bars, short_side, seed
 ):
-    clip = SyntheticClip(SynthConfig(height=height, width=width, num_frames=GAP + 3, seed=seed,
-                                     camera_speed=1.5))  # fmt: skip
+    clip = SyntheticClip(
+        SynthConfig(height=height, width=width, num_frames=GAP + 3, seed=seed, camera_speed=1.5)
+    )
     frames = [letterboxed(clip.frame(t), bars) for t in range(clip.config.num_frames)]
     flows = [letterboxed(clip.flow(t, t + GAP), bars) for t in range(3)]
     folder = tmp_path_factory.mktemp("frames")
@@ -103,8 +108,11 @@ def test_written_samples_read_back_verify_and_hold_the_exact_flow(
     assert len(samples) == 3
 
     shard = tmp_path_factory.mktemp("shard") / "shard-00000.h5"
-    info = write_shard(shard, samples, {"shard_index": 0, "config": {}, "flow_backend": {},
-                                        "codec": config.codec.params()})  # fmt: skip
+    info = write_shard(
+        shard,
+        samples,
+        {"shard_index": 0, "config": {}, "flow_backend": {}, "codec": config.codec.params()},
+    )
     check_written(shard, info, [s.sample_id for s in samples])
     with ShardReader(shard) as reader:
         _, stored, recomputed = reader.digests()
@@ -118,8 +126,9 @@ def test_written_samples_read_back_verify_and_hold_the_exact_flow(
             # The factors stored are those the frame was resized by, exactly.
             assert (sx, sy) == (w / (x1 - x0), h / (y1 - y0))
             exact = flows[sample.t0][y0:y1, x0:x1]
-            interpolation = cv2.INTER_AREA if h * w < exact.shape[0] * exact.shape[1] else (
-                cv2.INTER_LINEAR)  # fmt: skip
+            interpolation = (
+                cv2.INTER_AREA if h * w < exact.shape[0] * exact.shape[1] else (cv2.INTER_LINEAR)
+            )
             expected = cv2.resize(exact, (w, h), interpolation=interpolation) * np.float32([sx, sy])
             # The codec's bound: mean absolute error over both components.
             error = np.abs(sample.flow - expected).mean(dtype=np.float64)

@@ -28,10 +28,26 @@ def dataset(real_clips, footage, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real") / "ds"
     inputs = [str(real_clips["bikes"]), str(real_clips["carphone"])]
     inputs += [str(footage[kind]) for kind in KINDS]
-    code = cmpdata_main(["extract", "--videos", *inputs, "--out", str(out), "--quiet",
-                         "--max-pairs-per-video", "4", "--gap", "2", "--stride", "5",
-                         "--shard-size", "8",
-                         "--val-fraction", "0.3"])  # fmt: skip
+    code = cmpdata_main(
+        [
+            "extract",
+            "--videos",
+            *inputs,
+            "--out",
+            str(out),
+            "--quiet",
+            "--max-pairs-per-video",
+            "4",
+            "--gap",
+            "2",
+            "--stride",
+            "5",
+            "--shard-size",
+            "8",
+            "--val-fraction",
+            "0.3",
+        ]
+    )
     assert code == 0
     return out
 
@@ -47,10 +63,16 @@ def test_what_extract_wrote_from_real_footage_verifies(dataset, capsys):
     # The anamorphic clip at its display aspect (193x144 shown, so 558x416 stored), decoded
     # by ffmpeg as are AV1 and 10-bit HEVC; bikes by decord (8-bit 4:2:0, square pixels).
     assert {sid: s["decoder"] for sid, s in sources.items() if s["decoder"]} == {
-        "bikes.mp4": "decord", "carphone.mp4": "ffmpeg", "av1.mkv": "ffmpeg",
-        "rotated90.mp4": "decord", "hevc_10bit.mp4": "ffmpeg", "vfr.mkv": "decord",
-        "frames_damaged": "frames", "lying.mkv": "ffmpeg", "clip.webm": "decord",
-    }  # fmt: skip
+        "bikes.mp4": "decord",
+        "carphone.mp4": "ffmpeg",
+        "av1.mkv": "ffmpeg",
+        "rotated90.mp4": "decord",
+        "hevc_10bit.mp4": "ffmpeg",
+        "vfr.mkv": "decord",
+        "frames_damaged": "frames",
+        "lying.mkv": "ffmpeg",
+        "clip.webm": "decord",
+    }
     assert manifest["splits"]["train"] > 0 and manifest["splits"]["val"] > 0
     assert "header claims 100000000 frames" in sources["lying.mkv"]["note"]
 
@@ -89,15 +111,47 @@ def test_the_samples_read_back_with_their_non_dyadic_scales(dataset):
 
 def test_train_eval_propagate_and_show_on_real_footage(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    code = cmpmodel_main(["train", "--data", str(dataset), "--out", str(run), "--arch", "tiny",
-                          "--iters", "3", "--batch-size", "2", "--crop", "64", "--workers", "0",
-                          "--loss-stride", "4"])  # fmt: skip
+    code = cmpmodel_main(
+        [
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(run),
+            "--arch",
+            "tiny",
+            "--iters",
+            "3",
+            "--batch-size",
+            "2",
+            "--crop",
+            "64",
+            "--workers",
+            "0",
+            "--loss-stride",
+            "4",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 3
     checkpoint = str(run / "checkpoint.pt")
     results = tmp_path / "eval.json"
-    assert cmpmodel_main(["eval", "--data", str(dataset), "--checkpoint", checkpoint,
-                          "--max-samples", "3", "--json", str(results)]) == 0  # fmt: skip
+    assert (
+        cmpmodel_main(
+            [
+                "eval",
+                "--data",
+                str(dataset),
+                "--checkpoint",
+                checkpoint,
+                "--max-samples",
+                "3",
+                "--json",
+                str(results),
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads(results.read_text())
     assert evaluated["num_samples"] == 3
     assert all(np.isfinite(m["epe"]) for m in evaluated["methods"].values())
@@ -106,8 +160,22 @@ def test_train_eval_propagate_and_show_on_real_footage(dataset, tmp_path, capsys
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     propagated = tmp_path / "propagated.png"
-    assert cmpmodel_main(["propagate", "--checkpoint", checkpoint, "--image", str(image),
-                          "--guide", "40,40,5,0", "--out", str(propagated)]) == 0  # fmt: skip
+    assert (
+        cmpmodel_main(
+            [
+                "propagate",
+                "--checkpoint",
+                checkpoint,
+                "--image",
+                str(image),
+                "--guide",
+                "40,40,5,0",
+                "--out",
+                str(propagated),
+            ]
+        )
+        == 0
+    )
     assert cv2.imread(str(propagated)) is not None
     picture = tmp_path / "show.png"
     assert cmpdata_main(["show", str(dataset), "--index", "0", "--out", str(picture)]) == 0
@@ -119,9 +187,26 @@ def test_a_long_source_through_ffmpeg_loses_no_pair(footage, tmp_path, capsys):
     # Over a thousand pairs in a run of two workers: work items of over 100 pairs, which the
     # old ffmpeg frame selection could not parse (every pair of the source was lost).
     out = tmp_path / "long"
-    code = cmpdata_main(["extract", "--videos", str(footage["long"]), "--out", str(out),
-                         "--quiet", "--decoder", "ffmpeg", "--short-side", "0", "--stride", "3",
-                         "--shard-size", "2000", "--workers", "2"])  # fmt: skip
+    code = cmpdata_main(
+        [
+            "extract",
+            "--videos",
+            str(footage["long"]),
+            "--out",
+            str(out),
+            "--quiet",
+            "--decoder",
+            "ffmpeg",
+            "--short-side",
+            "0",
+            "--stride",
+            "3",
+            "--shard-size",
+            "2000",
+            "--workers",
+            "2",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     manifest = read_manifest(out)
     lost = [d for d in read_failures(out) if not d.stage.startswith("filter:")]

@@ -40,8 +40,12 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def roots_of(trees: dict[str, Path], youtube: str = "videos") -> dict[str, Path]:
-    return {"yfcc": trees["yfcc"], "youtube": trees[youtube], "vip": trees["vip"],
-            "mpii": trees["mpii"]}  # fmt: skip
+    return {
+        "yfcc": trees["yfcc"],
+        "youtube": trees[youtube],
+        "vip": trees["vip"],
+        "mpii": trees["mpii"],
+    }
 
 
 def root_args(roots: dict[str, Path]) -> list[str]:
@@ -60,8 +64,10 @@ def table_row(output: str, dataset: str) -> list[str]:
 def test_shipped_recipes_are_the_papers_three_sets():
     recipes = {r.name: r for r in list_recipes()}
     assert {k: r.target for k, r in recipes.items()} == {
-        "cmp-1.26m": 1_260_000, "cmp-3.22m": 3_220_000, "cmp-4.57m": 4_570_000,
-    }  # fmt: skip
+        "cmp-1.26m": 1_260_000,
+        "cmp-3.22m": 3_220_000,
+        "cmp-4.57m": 4_570_000,
+    }
     assert [d.name for d in recipes["cmp-4.57m"].datasets] == ["yfcc", "youtube", "vip", "mpii"]
     for recipe in recipes.values():
         assert recipe.config.pairs.short_side == 416 and recipe.config.pairs.gap == 3
@@ -71,8 +77,12 @@ def test_shipped_recipes_are_the_papers_three_sets():
     assert [lay.name for lay in youtube.layouts] == ["youtube-vos", "videos"]
 
 
-@given(st.dictionaries(st.text("abcdef", min_size=1, max_size=4), st.integers(0, 40),
-                       min_size=1, max_size=12), st.integers(1, 200))  # fmt: skip
+@given(
+    st.dictionaries(
+        st.text("abcdef", min_size=1, max_size=4), st.integers(0, 40), min_size=1, max_size=12
+    ),
+    st.integers(1, 200),
+)
 def test_even_caps_fill_the_target_as_evenly_as_the_sources_allow(counts, target):
     caps = even_caps(counts, target)
     assert sum(caps.values()) == min(target, sum(counts.values()))
@@ -98,15 +108,25 @@ def test_limit_shares_the_pairs_in_proportion_to_the_targets():
         # dataset: videos, frames, sources, skipped, candidates, target, planned, shortfall
         ("cmp-1.26m", None, {"yfcc": "3 21 3 1 12 1,260,000 12 1,259,988"}),
         ("cmp-3.22m", "youtube-vos", {"youtube": "2 11 2 0 2 1,960,000 2 1,959,998"}),
-        ("cmp-4.57m", "videos", {"youtube": "3 48 2 1 6 1,960,000 6 1,959,994",
-                                 "vip": "2 17 3 0 8 350,000 8 349,992",
-                                 "mpii": "3 15 2 0 9 1,000,000 9 999,991"}),
+        (
+            "cmp-4.57m",
+            "videos",
+            {
+                "youtube": "3 48 2 1 6 1,960,000 6 1,959,994",
+                "vip": "2 17 3 0 8 350,000 8 349,992",
+                "mpii": "3 15 2 0 9 1,000,000 9 999,991",
+            },
+        ),
     ],
-)  # fmt: skip
-def test_plan_prints_counts_shortfall_estimates_and_fingerprint(trees, capsys, recipe, youtube,
-                                                                rows):  # fmt: skip
-    roots = {k: v for k, v in roots_of(trees, youtube or "videos").items()
-             if k in [d.name for d in load_recipe(recipe).datasets]}  # fmt: skip
+)
+def test_plan_prints_counts_shortfall_estimates_and_fingerprint(
+    trees, capsys, recipe, youtube, rows
+):
+    roots = {
+        k: v
+        for k, v in roots_of(trees, youtube or "videos").items()
+        if k in [d.name for d in load_recipe(recipe).datasets]
+    }
     assert main(["recipe", "plan", recipe, *root_args(roots), "--cores", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
     for dataset, expected in rows.items():
@@ -137,15 +157,27 @@ def test_selection_is_deterministic_and_spread_evenly(trees, monkeypatch):
     assert all(s.split in ("train", "val") for s in first.plan.samples)
 
 
-def test_build_matches_the_plan_and_workers_do_not_change_the_content(trees, ray_local,
-                                                                     tmp_path):  # fmt: skip
+def test_build_matches_the_plan_and_workers_do_not_change_the_content(trees, ray_local, tmp_path):
     roots = roots_of(trees)
     planned = plan_of("cmp-4.57m", roots, limit=8)
     digests = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        code = main(["recipe", "build", "cmp-4.57m", *root_args(roots), "--limit", "8",
-                     "--out", str(out), "--workers", str(workers), "--quiet"])  # fmt: skip
+        code = main(
+            [
+                "recipe",
+                "build",
+                "cmp-4.57m",
+                *root_args(roots),
+                "--limit",
+                "8",
+                "--out",
+                str(out),
+                "--workers",
+                str(workers),
+                "--quiet",
+            ]
+        )
         assert code == 0
         manifest = read_manifest(out)
         assert manifest["plan_fingerprint"] == planned.plan.fingerprint
@@ -153,8 +185,11 @@ def test_build_matches_the_plan_and_workers_do_not_change_the_content(trees, ray
         record = json.loads((out / RECIPE_FILE).read_text())
         assert record["plan_fingerprint"] == planned.plan.fingerprint
         assert {k: v["planned"] for k, v in record["datasets"].items()} == {
-            "yfcc": 2, "youtube": 3, "vip": 1, "mpii": 2,
-        }  # fmt: skip
+            "yfcc": 2,
+            "youtube": 3,
+            "vip": 1,
+            "mpii": 2,
+        }
         digests.append(manifest["content_digest"])
     assert digests[0] == digests[1]
 
@@ -189,13 +224,15 @@ def test_user_recipe_file_works_the_same_way(trees, tmp_path, capsys):
         ("datasets: {a: {layout: mpii, target: 0}}", r"datasets.a.target must be a whole number"),
         ("datasets: {a: {layout: mpii, target: 5, frames: x}}", r"unknown keys \['frames'\]"),
         ("datasets: {a: {layout: nope, target: 5}}", r"unknown dataset layout 'nope'"),
-        ("processing: {pairs: {stride: 5}}\ndatasets: {a: {layout: mpii, target: 5}}",
-         r"\['stride'\] are not processing settings in a recipe"),
+        (
+            "processing: {pairs: {stride: 5}}\ndatasets: {a: {layout: mpii, target: 5}}",
+            r"\['stride'\] are not processing settings in a recipe",
+        ),
         ("processing: {seeds: 3}\ndatasets: {a: {layout: mpii, target: 5}}", r"seeds"),
         ("datasets: [", r"not valid YAML"),
         ("name: x", r"no 'datasets'"),
     ],
-)  # fmt: skip
+)
 def test_malformed_recipe_names_the_file_and_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -207,8 +244,11 @@ def test_malformed_recipe_names_the_file_and_the_problem(tmp_path, text, message
 def test_recipe_list(capsys):
     assert main(["recipe", "list"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"cmp-4\.57m\s+4,570,000 pairs\s+\(yfcc 1,260,000, youtube 1,960,000, "
-                     r"vip 350,000, mpii 1,000,000\)", out)  # fmt: skip
+    assert re.search(
+        r"cmp-4\.57m\s+4,570,000 pairs\s+\(yfcc 1,260,000, youtube 1,960,000, "
+        r"vip 350,000, mpii 1,000,000\)",
+        out,
+    )
 
 
 def test_bad_roots_exit_2_naming_what_was_expected_where(trees, tmp_path, capsys):

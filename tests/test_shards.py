@@ -72,8 +72,20 @@ def shard(samples, tmp_path_factory) -> Path:
 
 
 def same(a: EncodedSample, b: EncodedSample) -> bool:
-    fields = ("sample_id", "source_id", "t0", "t1", "split", "guide_seed", "image", "size",
-              "flow", "valid", "crop", "scale")  # fmt: skip
+    fields = (
+        "sample_id",
+        "source_id",
+        "t0",
+        "t1",
+        "split",
+        "guide_seed",
+        "image",
+        "size",
+        "flow",
+        "valid",
+        "crop",
+        "scale",
+    )
     return (
         all(getattr(a, f) == getattr(b, f) for f in fields)
         and np.array_equal(a.points, b.points)
@@ -120,8 +132,13 @@ with h5py.File(sys.argv[1], "r") as f:
 assert not any(name.startswith("cmpdata") for name in sys.modules)
 print(json.dumps(out))
 """
-    proc = subprocess.run([sys.executable, "-c", script, str(shard)], capture_output=True,
-                          text=True, timeout=60, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(shard)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     pairs = json.loads(proc.stdout)
     assert [a for a, _ in pairs] == [b for _, b in pairs] == [s.digest() for s in samples]
 
@@ -165,10 +182,21 @@ def test_an_empty_shard(tmp_path):
 def test_round_trip_property(tmp_path_factory, h, w, sx, sy, k, seed):
     rng = np.random.default_rng(seed % 2**32)
     sample = EncodedSample(
-        "s#000000-000001", "s", 0, 1, "train", seed, b"\xff\xd8jpeg", (h, w), b"flow", b"",
-        (0, 0, w, h), (sx, sy), rng.random((k, 2)).astype(np.float32),
+        "s#000000-000001",
+        "s",
+        0,
+        1,
+        "train",
+        seed,
+        b"\xff\xd8jpeg",
+        (h, w),
+        b"flow",
+        b"",
+        (0, 0, w, h),
+        (sx, sy),
         rng.random((k, 2)).astype(np.float32),
-    )  # fmt: skip
+        rng.random((k, 2)).astype(np.float32),
+    )
     path = tmp_path_factory.mktemp("prop") / "shard.h5"
     info = write_shard(path, [sample], ATTRS)
     check_written(path, info, [sample.sample_id])

@@ -393,8 +393,9 @@ def test_symlink_loops_and_broken_links_are_sources_that_probe_refuses(tmp_path:
         "b.mp4": f"{root / 'b.mp4'}: cannot open: Too many levels of symbolic links",
         "gone.mkv": f"{root / 'gone.mkv'}: a broken symbolic link",
     }
-    plan = plan_dataset(sources, ExtractConfig(pairs=PairConfig(gap=1, stride=1)), {},
-                        progress=False)  # fmt: skip
+    plan = plan_dataset(
+        sources, ExtractConfig(pairs=PairConfig(gap=1, stride=1)), {}, progress=False
+    )
     assert sorted(plan.sources) == ["good.mp4", "shots"]
     assert {d.source_id: d.reason for d in plan.skipped} == reasons
     # In a frame folder the loop is one bad frame: only the pairs using it are lost.

@@ -125,8 +125,11 @@ def image_names(folder: Path) -> list[str]:
     an empty list for a folder that does not exist."""
     if not folder.is_dir():
         return []
-    names = [e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")
-             and _split_name(e.name)[1] in IMAGE_SUFFIXES]  # fmt: skip
+    names = [
+        e.name
+        for e in os.scandir(folder)
+        if e.is_file() and not e.name.startswith(".") and _split_name(e.name)[1] in IMAGE_SUFFIXES
+    ]
     return sorted(names, key=natural_key)
 
 
@@ -285,8 +288,9 @@ def _frame_scan(scan: Scan, groups: Iterable[tuple[str, Path, list[str]]], split
     return scan
 
 
-def _named_folders(scan: Scan, parent: Path, videos: Iterable[str]
-                   ) -> list[tuple[str, Path, list[str]]]:  # fmt: skip
+def _named_folders(
+    scan: Scan, parent: Path, videos: Iterable[str]
+) -> list[tuple[str, Path, list[str]]]:
     """``(video, folder, frame names)`` for each video folder named (by a list or meta file)
     under ``parent``; absent ones go to ``scan.missing``, unnamed ones count as ignored."""
     named = sorted(set(videos))
@@ -412,8 +416,10 @@ class YouTubeVOS(Layout):
             meta = json.loads(meta_path.read_text())
             videos = sorted(meta["videos"])
         except (ValueError, KeyError, TypeError):
-            raise SourceError(meta_path, 'not a YouTube-VOS meta.json: expected {"videos": '
-                              '{"<video_id>": {...}, ...}}') from None  # fmt: skip
+            raise SourceError(
+                meta_path,
+                'not a YouTube-VOS meta.json: expected {"videos": {"<video_id>": {...}, ...}}',
+            ) from None
         scan = Scan(dataset, self.name, root)
         return _frame_scan(scan, _named_folders(scan, frames_dir, videos), self.split_gaps)
 
@@ -509,8 +515,11 @@ class MPIISequences(Layout):
             raise SourceError(root, f"no batch folders; expected {self.expected}")
         scan = Scan(dataset, self.name, root)
         scan.ignored = len(_subfolders(root)) - len(batches)
-        groups = [(f"{batch}/{seq}", root / batch / seq, image_names(root / batch / seq))
-                  for batch in batches for seq in _subfolders(root / batch)]  # fmt: skip
+        groups = [
+            (f"{batch}/{seq}", root / batch / seq, image_names(root / batch / seq))
+            for batch in batches
+            for seq in _subfolders(root / batch)
+        ]
         return _frame_scan(scan, groups, self.split_gaps)
 
 

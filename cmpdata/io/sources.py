@@ -343,9 +343,22 @@ def _demux_count(path: Path, timeout: float) -> int | None:
     """Packets of the first video stream, counted by demuxing without decoding (one packet
     a frame); None if ffmpeg does not finish within ``timeout`` seconds."""
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-v", "error", "-progress", "pipe:1", "-i", str(path),
-        "-map", "0:v:0", "-c", "copy", "-f", "null", "-",
-    ]  # fmt: skip
+        ffmpeg_exe(),
+        "-nostdin",
+        "-v",
+        "error",
+        "-progress",
+        "pipe:1",
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0",
+        "-c",
+        "copy",
+        "-f",
+        "null",
+        "-",
+    ]
     try:
         done = subprocess.run(
             cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False

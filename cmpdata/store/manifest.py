@@ -61,21 +61,26 @@ def content_digest(pairs: Iterable[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it over
-    ``path``: readers see the old file or the new one, never a part. On failure (disk full)
-    the temporary file is removed and the ``OSError`` raised."""
+def write_atomic(path: str | Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to a temporary file beside ``path`` (``.NAME.tmp-PID``), fsync it, then
+    rename it over ``path``: readers see the old file or the new one, never a part. On failure
+    (disk full) the temporary file is removed and the ``OSError`` raised."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """:func:`write_atomic` of ``text`` as UTF-8."""
+    write_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

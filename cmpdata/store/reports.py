@@ -171,11 +171,12 @@ def _provenance(manifest: dict[str, Any] | None, shards: list[Path]) -> dict[str
     return dict.fromkeys(_PROVENANCE)
 
 
-def _size(num_bytes: float) -> str:
-    """Bytes in B, KB, MB or GB (powers of 1000)."""
-    exponent = 0 if num_bytes < 1000 else min(3, int(np.log10(num_bytes) // 3))
-    value = num_bytes / 1000**exponent
-    return f"{value:.0f} B" if exponent == 0 else f"{value:.1f} {('KB', 'MB', 'GB')[exponent - 1]}"
+def format_bytes(num_bytes: float) -> str:
+    """Bytes in B, KB, MB, GB or TB (powers of 1000), e.g. ``"101.4 KB"``, ``"1,230.5 GB"``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:,.1f} {unit}"
+    return f"{num_bytes:.0f} B"
 
 
 def format_inspect(info: dict[str, Any]) -> str:
@@ -184,8 +185,8 @@ def format_inspect(info: dict[str, Any]) -> str:
     per_sample = info["bytes_per_sample"]
     lines = [
         f"dataset      {info['path']} ({complete})",
-        f"shards       {info['shards']}, {_size(info['bytes'])}"
-        + (f", {_size(per_sample)} per sample" if per_sample else ""),
+        f"shards       {info['shards']}, {format_bytes(info['bytes'])}"
+        + (f", {format_bytes(per_sample)} per sample" if per_sample else ""),
         f"samples      {info['samples']}: "
         + ", ".join(f"{name} {n}" for name, n in info["splits"].items()),
         f"sources      {info['sources']}",

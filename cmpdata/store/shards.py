@@ -84,6 +84,7 @@ from cmpdata import __version__
 from cmpdata.errors import FileError
 from cmpdata.records import Guidance, GuidedSample
 from cmpdata.store.codec import FlowCodec, decode_flow, decode_mask, encode_mask
+from cmpdata.store.manifest import write_atomic
 
 SCHEMA_VERSION = 2
 SPLITS = ("train", "val")
@@ -213,9 +214,11 @@ class EncodedSample:
         """sha256 of the sample as it is stored (module docstring)."""
         blobs = self.part_bytes()
         return sample_digest(
-            self.sample_id.encode(), self.source_id.encode(), self.meta(blobs).tobytes(),
+            self.sample_id.encode(),
+            self.source_id.encode(),
+            self.meta(blobs).tobytes(),
             b"".join(blobs),
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,8 +299,12 @@ class ShardInfo:
 
     def record(self) -> dict[str, Any]:
         """The manifest's entry for the shard."""
-        return {"name": self.name, "num_samples": self.num_samples, "sha256": self.sha256,
-                "bytes": self.bytes}  # fmt: skip
+        return {
+            "name": self.name,
+            "num_samples": self.num_samples,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+        }
 
 
 def file_sha256(path: str | Path) -> str:
@@ -321,7 +328,6 @@ def write_shard(
     each sample's digest.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     parts = samples[0].parts if samples else PARTS
     if any(s.parts != parts for s in samples):
         raise ValueError(f"{path}: samples of one shard must have the same parts, {parts}")
@@ -356,15 +362,7 @@ def write_shard(
         f.create_dataset("data", data=data)
         f.create_dataset("digest", data=digests, dtype=_STR)
     image = buffer.getbuffer()
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(image)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, image)
     digest, size = hashlib.sha256(image).hexdigest(), len(image)
     return ShardInfo(path.name, n, digest, size, tuple(digests))
 
@@ -382,8 +380,11 @@ def check_written(path: str | Path, info: ShardInfo, sample_ids: Sequence[str]) 
             raise ShardError(path, f"read back, row {row} holds {found}, written was {want}")
     for row, (sid, old, new) in enumerate(zip(ids, stored, recomputed, strict=True)):
         if old != new:
-            raise ShardError(path, f"read back, sample {row} ({sid}): digest of the stored "
-                             f"bytes {new} differs from the one written {old}")  # fmt: skip
+            raise ShardError(
+                path,
+                f"read back, sample {row} ({sid}): digest of the stored "
+                f"bytes {new} differs from the one written {old}",
+            )
 
 
 def _text(value: object) -> str:
@@ -512,9 +513,15 @@ class ShardReader:
             raise ShardError(self.path, "data_offsets do not divide the data array")
         recomputed = [
             sample_digest(_raw(sid), _raw(src), meta.tobytes(), data[lo:hi].tobytes())
-            for sid, src, meta, lo, hi in zip(cols["sample_id"], cols["source_id"], cols["meta"],
-                                              offsets[:-1], offsets[1:], strict=True)
-        ]  # fmt: skip
+            for sid, src, meta, lo, hi in zip(
+                cols["sample_id"],
+                cols["source_id"],
+                cols["meta"],
+                offsets[:-1],
+                offsets[1:],
+                strict=True,
+            )
+        ]
         return [str(v) for v in cols["sample_id"]], [str(v) for v in cols["digest"]], recomputed
 
     def _check_index(self, i: int) -> int:
@@ -544,15 +551,20 @@ class ShardReader:
         i = self._check_index(i)
         return self._encoded(i, *self._raw_sample(i))
 
-    def _encoded(self, i: int, sid: bytes, src: bytes, meta: np.void, blob: bytes
-                 ) -> EncodedSample:  # fmt: skip
+    def _encoded(self, i: int, sid: bytes, src: bytes, meta: np.void, blob: bytes) -> EncodedSample:
         lengths = [int(meta[f"bytes_{p}"]) for p in self.parts]
         if any(n < 0 for n in lengths) or sum(lengths) != len(blob):
-            raise ShardError(self.path, f"sample {i}: part lengths {lengths} do not fit "
-                             f"its {len(blob)} bytes")  # fmt: skip
+            raise ShardError(
+                self.path, f"sample {i}: part lengths {lengths} do not fit its {len(blob)} bytes"
+            )
         ends = np.cumsum(lengths)
-        pieces = dict(zip(self.parts, (blob[e - n : e] for e, n in zip(ends, lengths, strict=True)),
-                          strict=True))  # fmt: skip
+        pieces = dict(
+            zip(
+                self.parts,
+                (blob[e - n : e] for e, n in zip(ends, lengths, strict=True)),
+                strict=True,
+            )
+        )
         split = int(meta["split"])
         if split >= len(SPLITS):
             raise ShardError(self.path, f"sample {i}: split code {split}")

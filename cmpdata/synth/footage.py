@@ -78,8 +78,8 @@ def _encode(out: Path, clip: Path, seconds: float, vf: str, codec: list[str]) ->
     # setsar=1: scaling to a size of another aspect would otherwise make the pixels
     # non-square to keep the picture's shape (333x187 out of 640x272: SAR 440:333). Bit-exact
     # flags keep version strings out of the files.
-    _ffmpeg("-i", clip, "-t", seconds, "-vf", f"{vf},setsar=1", "-an", *codec,
-            "-fflags", "+bitexact", "-flags:v", "+bitexact", out)  # fmt: skip
+    bitexact = ["-fflags", "+bitexact", "-flags:v", "+bitexact"]
+    _ffmpeg("-i", clip, "-t", seconds, "-vf", f"{vf},setsar=1", "-an", *codec, *bitexact, out)
 
 
 def _encoded(clip: str, seconds: float, vf: str, codec: list[str]) -> Maker:
@@ -95,9 +95,9 @@ def _rotated(degrees: int) -> Maker:
 def _jpeg_frames(folder: Path, clip: Path, frames: int, vf: str, start: int = 0) -> None:
     """``frames`` frames of ``clip`` from frame ``start`` on, as ``folder/00000.jpg``..."""
     folder.mkdir(parents=True, exist_ok=True)
-    _ffmpeg("-i", clip, "-vf", f"select='gte(n,{start})',{vf}", "-frames:v", frames,
-            "-fps_mode", "passthrough", "-q:v", 3, "-start_number", start,
-            folder / "%05d.jpg")  # fmt: skip
+    select = f"select='gte(n,{start})',{vf}"
+    numbering = ["-fps_mode", "passthrough", "-q:v", 3, "-start_number", start]
+    _ffmpeg("-i", clip, "-vf", select, "-frames:v", frames, *numbering, folder / "%05d.jpg")
 
 
 def _flip_entropy_bytes(jpeg: Path) -> None:
@@ -160,8 +160,15 @@ INPUTS: dict[str, tuple[str, Maker]] = {
     "ffv1": ("ffv1.mkv", _encoded("bikes", 1, _HALF, ["-c:v", "ffv1", "-pix_fmt", "yuv422p10le"])),
     # Frames 40 ms apart plus 0 to 32 ms of jitter: irregular times, never two equal.
     # (Frame times kept to the ms: at the input's 1/25 s, the encoder would merge frames.)
-    "vfr": ("vfr.mkv", _encoded("bikes", 2, f"{_HALF},setpts='(N/25+0.008*mod(7*N,5))/TB'",
-                                [*_X264, "-fps_mode", "vfr", "-enc_time_base:v", "1:1000"])),
+    "vfr": (
+        "vfr.mkv",
+        _encoded(
+            "bikes",
+            2,
+            f"{_HALF},setpts='(N/25+0.008*mod(7*N,5))/TB'",
+            [*_X264, "-fps_mode", "vfr", "-enc_time_base:v", "1:1000"],
+        ),
+    ),
     "av1_mkv": ("av1.mkv", _encoded("bikes", 1, _HALF, _AV1)),
     "av1_webm": ("av1.webm", _encoded("bikes", 1, _HALF, _AV1)),
     "vp9": ("vp9.webm", _encoded("bikes", 1, _HALF, _VP9)),
@@ -171,7 +178,7 @@ INPUTS: dict[str, tuple[str, Maker]] = {
     "frames_mixed": ("frames_mixed", _make_mixed_frames),
     "symlink_loop": ("symlink_loop", _make_symlink_loop),
     "lying": ("lying.mkv", _make_lying),
-}  # fmt: skip
+}
 
 
 def make_inputs(out_dir: str | Path) -> dict[str, Path]:
