@@ -33,19 +33,8 @@ def one_line(err: str) -> bool:
 
 
 def extract(clip: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "extract",
-        "--videos",
-        str(clip),
-        "--out",
-        str(out),
-        "--quiet",
-        "--shard-size",
-        "4",
-        "--max-pairs-per-video",
-        "2",
-        *extra,
-    ]
+    options = "--quiet --shard-size 4 --max-pairs-per-video 2"
+    return ["extract", "--videos", str(clip), "--out", str(out), *options.split(), *extra]
 
 
 @pytest.mark.parametrize(
@@ -218,24 +207,9 @@ def test_outputs_that_cannot_be_written_are_refused(dataset, tmp_path, capsys):
 
 
 def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--arch",
-        "tiny",
-        "--iters",
-        "3",
-        "--batch-size",
-        "2",
-        "--crop",
-        "32",
-        "--lr",
-        "0.01",
-        *extra,
-    ]
+    """``cmpmodel train`` of a tiny model for a few steps (``extra`` wins)."""
+    options = "--arch tiny --iters 3 --batch-size 2 --crop 32 --lr 0.01"
+    return ["train", "--data", str(data), "--out", str(out), *options.split(), *extra]
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])

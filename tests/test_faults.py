@@ -41,7 +41,7 @@ import h5py
 import pytest
 import torch
 from test_dataset import drop_dataset, make_dataset, truncate
-from test_pipeline import CONFIG, QUIET, videos
+from test_pipeline import CONFIG, QUIET, extract_argv, videos
 from test_train import tiny_config, write_dataset
 
 import pipelines.extract as extract_module
@@ -156,12 +156,6 @@ def run_killed(spec: dict, command: list) -> None:
     proc = run_faulty(spec, command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == -signal.SIGKILL, f"never reached {spec['kill']}: {err[-3000:]}"
-
-
-def extract_argv(inputs: str, out: Path) -> list[str]:
-    """``cmpdata extract`` with the options of ``CONFIG``."""
-    options = "--short-side 0 --shard-size 4 --val-fraction 0.34 --quiet"
-    return ["extract", "--videos", inputs, "--out", str(out), *options.split()]
 
 
 @pytest.fixture(scope="module")

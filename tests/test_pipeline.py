@@ -29,6 +29,12 @@ def videos(clips: Path) -> list[str]:
     return [str(clips / "*.mp4")]
 
 
+def extract_argv(inputs: str, out: Path, *extra: str) -> list[str]:
+    """``cmpdata extract`` with the options of ``CONFIG`` (and ``extra``)."""
+    options = "--short-side 0 --shard-size 4 --val-fraction 0.34 --quiet"
+    return ["extract", "--videos", inputs, "--out", str(out), *options.split(), *extra]
+
+
 @pytest.fixture(scope="module")
 def clean_run(synth_clips: Path, ray_local, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean") / "ds"
@@ -106,27 +112,8 @@ def test_broken_videos_are_recorded_and_the_rest_completes(synth_clips: Path, ra
 
 def test_kill_9_then_rerun_gives_the_clean_dataset(synth_clips: Path, clean_run: Path, tmp_path):
     out = tmp_path / "ds"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "extract",
-        "--videos",
-        *videos(synth_clips),
-        "--out",
-        str(out),
-        "--short-side",
-        "0",
-        "--shard-size",
-        "4",
-        "--val-fraction",
-        "0.34",
-        "--workers",
-        "1",
-        "--batch-size",
-        "1",
-        "--quiet",
-    ]
+    run = ["--workers", "1", "--batch-size", "1"]
+    cmd = [sys.executable, "-m", "pipelines.cli", *extract_argv(videos(synth_clips)[0], out, *run)]
     proc = subprocess.Popen(
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -210,20 +197,7 @@ def test_a_shard_that_does_not_read_back_as_written_is_never_finished(
 
     monkeypatch.setattr(cmpdata.store.directory, "write_shard", write_then_change)
     out = tmp_path / "ds"
-    argv = [
-        "extract",
-        "--videos",
-        *videos(synth_clips),
-        "--out",
-        str(out),
-        "--short-side",
-        "0",
-        "--shard-size",
-        "4",
-        "--val-fraction",
-        "0.34",
-        "--quiet",
-    ]
+    argv = extract_argv(videos(synth_clips)[0], out)
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "shard-0000" in err and "read back, sample 0" in err and "Traceback" not in err

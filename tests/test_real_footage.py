@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_errors import train_argv
 
 from cmpdata.store.dataset import ShardDataset
 from cmpdata.store.manifest import read_failures, read_manifest
@@ -28,26 +29,8 @@ def dataset(real_clips, footage, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real") / "ds"
     inputs = [str(real_clips["bikes"]), str(real_clips["carphone"])]
     inputs += [str(footage[kind]) for kind in KINDS]
-    code = cmpdata_main(
-        [
-            "extract",
-            "--videos",
-            *inputs,
-            "--out",
-            str(out),
-            "--quiet",
-            "--max-pairs-per-video",
-            "4",
-            "--gap",
-            "2",
-            "--stride",
-            "5",
-            "--shard-size",
-            "8",
-            "--val-fraction",
-            "0.3",
-        ]
-    )
+    options = "--quiet --max-pairs-per-video 4 --gap 2 --stride 5 --shard-size 8 --val-fraction 0.3"
+    code = cmpdata_main(["extract", "--videos", *inputs, "--out", str(out), *options.split()])
     assert code == 0
     return out
 
@@ -111,27 +94,8 @@ def test_the_samples_read_back_with_their_non_dyadic_scales(dataset):
 
 def test_train_eval_propagate_and_show_on_real_footage(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    code = cmpmodel_main(
-        [
-            "train",
-            "--data",
-            str(dataset),
-            "--out",
-            str(run),
-            "--arch",
-            "tiny",
-            "--iters",
-            "3",
-            "--batch-size",
-            "2",
-            "--crop",
-            "64",
-            "--workers",
-            "0",
-            "--loss-stride",
-            "4",
-        ]
-    )
+    faster = ["--crop", "64", "--workers", "0", "--loss-stride", "4"]
+    code = cmpmodel_main(train_argv(dataset, run, *faster))
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 3
     checkpoint = str(run / "checkpoint.pt")
@@ -187,26 +151,9 @@ def test_a_long_source_through_ffmpeg_loses_no_pair(footage, tmp_path, capsys):
     # Over a thousand pairs in a run of two workers: work items of over 100 pairs, which the
     # old ffmpeg frame selection could not parse (every pair of the source was lost).
     out = tmp_path / "long"
-    code = cmpdata_main(
-        [
-            "extract",
-            "--videos",
-            str(footage["long"]),
-            "--out",
-            str(out),
-            "--quiet",
-            "--decoder",
-            "ffmpeg",
-            "--short-side",
-            "0",
-            "--stride",
-            "3",
-            "--shard-size",
-            "2000",
-            "--workers",
-            "2",
-        ]
-    )
+    options = "--quiet --decoder ffmpeg --short-side 0 --stride 3 --shard-size 2000 --workers 2"
+    argv = ["extract", "--videos", str(footage["long"]), "--out", str(out), *options.split()]
+    code = cmpdata_main(argv)
     assert code == 0, capsys.readouterr().err
     manifest = read_manifest(out)
     lost = [d for d in read_failures(out) if not d.stage.startswith("filter:")]
