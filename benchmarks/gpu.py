@@ -5,12 +5,14 @@ Needs a CUDA device; without one, :func:`measure` returns ``{"skipped": "no CUDA
 Inputs are synthetic frames (:class:`cmpdata.synth.clips.SyntheticClip`, 416 x 560, the default
 short side) made in memory, so nothing has to be decoded or downloaded. RAFT runs with random
 weights (``random_init``): speed does not depend on the weights, and its error would mean
-nothing. Given weights (``--weights-small`` / ``--weights-large``), the end-point error on the
+nothing. Given weights (``--weights-small`` / ``--weights-large`` / ``--weights-liteflownet``),
+the end-point error on the
 clips' exact ground truth is measured too.
 
 Measured, ``repeats`` times each after one warm-up pass (cuDNN picks its kernels then):
 
-- ``raft-small`` and ``raft-large``, 12 refinement updates, numpy frames in and numpy flows
+- ``raft-small`` and ``raft-large`` (12 refinement updates) and ``liteflownet`` (its pairs/s
+  at 416p next to RAFT's), numpy frames in and numpy flows
   out (host transfers included, as in the pipeline): one pair per forward pass in fp32 (the
   way per-pair tools run it) against ``batch_size`` pairs per pass in fp16 and bf16 autocast
   (the pipeline's path);
@@ -43,7 +45,7 @@ from cmpdata.synth.clips import SynthConfig, SyntheticClip
 
 HEIGHT, WIDTH = 416, 560
 GAP = 3
-VARIANTS = ("raft-small", "raft-large")
+VARIANTS = ("raft-small", "raft-large", "liteflownet")
 
 
 Pair = tuple[np.ndarray, np.ndarray, np.ndarray]  # frame t, frame t + GAP, exact flow
@@ -273,10 +275,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer pairs and repeats")
     parser.add_argument("--weights-small", help="raft-small weights file: also measure its error")
     parser.add_argument("--weights-large", help="raft-large weights file: also measure its error")
+    parser.add_argument(
+        "--weights-liteflownet", help="network-*.pytorch file: also measure LiteFlowNet's error"
+    )
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--out", type=Path, default=Path("bench-out/gpu.json"))
     args = parser.parse_args(argv)
-    weights = {"raft-small": args.weights_small, "raft-large": args.weights_large}
+    weights = {
+        "raft-small": args.weights_small,
+        "raft-large": args.weights_large,
+        "liteflownet": args.weights_liteflownet,
+    }
     result = measure(args.quick, weights, tuple(args.parts))
     print_table(result)
     write_result(result, args.out)

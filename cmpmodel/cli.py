@@ -1,4 +1,4 @@
-"""The ``cmpmodel`` command: train, eval, propagate, export-encoder.
+"""The ``cmpmodel`` command: train, eval, propagate, export-encoder, convert-original.
 
 Each command parses its arguments and calls one library function. A user's mistake (a bad
 option, a missing or unusable path or checkpoint) prints one line and exits with status 2,
@@ -112,6 +112,21 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_original(args: argparse.Namespace) -> int:
+    from cmpmodel.original import convert_original
+
+    check_output_file(args.out, (".pt",))
+    result = convert_original(args.checkpoint, args.out, args.fmax, args.alexnet_stride)
+    config = result["model_config"]
+    decoder = "skip" if config["skip"] else "plain"
+    print(
+        f"{args.out}: {config['arch']} (stride {config['stride']}), {decoder} decoder, "
+        f"{config['num_bins']} bins over +-{config['flow_range']:g} px, "
+        f"step {result['step']} of the original"
+    )
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="cmpmodel", description="Train and evaluate Conditional Motion Propagation models."
@@ -181,6 +196,28 @@ def build_parser() -> Parser:
     export.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
     export.add_argument("--out", required=True, help=".pth file to write")
     export.set_defaults(func=cmd_export_encoder)
+
+    convert = parser.command(
+        "convert-original",
+        help="turn a checkpoint of the original CMP code into one of this project",
+    )
+    convert.add_argument("checkpoint", help="the original's .pth.tar (e.g. ckpt_iter_42000)")
+    convert.add_argument("--out", required=True, help=".pt file to write")
+    convert.add_argument(
+        "--fmax",
+        type=float,
+        default=50.0,
+        help="half-range of the bins, px: the original configuration's fmax",
+    )
+    convert.add_argument(
+        "--alexnet-stride",
+        type=int,
+        choices=(8, 32),
+        default=None,
+        help="AlexNet models only: 32 for alexnet_fcn_32x (the released ones), 8 for "
+        "alexnet_fcn_8x (default: 32)",
+    )
+    convert.set_defaults(func=cmd_convert_original)
     return parser
 
 

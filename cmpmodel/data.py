@@ -248,13 +248,16 @@ def eval_inputs(
     *,
     mean: Sequence[float] = RGB_MEAN,
     std: Sequence[float] = RGB_STD,
+    multiple: int = STRIDE,
+    min_side: int = 1,
 ) -> dict[str, Any]:
     """The whole frame of ``sample`` as model inputs, with the guidance every method shares.
 
     The guidance is drawn on the unpadded flow (invalid pixels excluded) with
     ``build_sampler(guidance_config)`` and ``sample_rng(seed, sample_id)``, no epoch; with
     ``guidance_config=None`` it is the guidance stored at extraction. The tensors (module
-    docstring) are padded at the bottom and right to multiples of 8 px, padding invalid; the
+    docstring) are padded at the bottom and right to multiples of ``multiple`` px (the model's
+    stride) and to at least ``min_side`` (the model's), padding invalid; the
     dict also holds ``"size"``, the unpadded (H, W), to crop predictions back, and
     ``"guidance"``, the :class:`Guidance` itself (frame coordinates). Raises ``ValueError`` if
     the sample's arrays disagree in size.
@@ -265,7 +268,7 @@ def eval_inputs(
     else:
         sampler = build_sampler(guidance_config)
         guidance = sampler(sample.flow, sample_rng(seed, sample.sample_id), sample.valid)
-    padded_h, padded_w = -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+    padded_h, padded_w = (max(-(-side // multiple) * multiple, min_side) for side in (h, w))
     image, flow, valid = cut_window(sample, 0, 0, padded_h, padded_w, mean, std)
     inputs = model_inputs(sample.sample_id, image, flow, valid, guidance)
     return {**inputs, "size": (h, w), "guidance": guidance}

@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
 from cmpdata.errors import ConfigError, UsageError
 from cmpdata.guidance import GuidanceConfig
 from cmpdata.store.dataset import ShardDataset
 from cmpmodel.data import eval_inputs
-from cmpmodel.loss import bins_to_flow
+from cmpmodel.loss import dense_flow
 from cmpmodel.train import guidance_of_map, load_model
 
 FAR_DISTANCE = 16.0  # px: "far from guidance" means strictly farther than this
@@ -92,8 +91,7 @@ def model_flow(
     sparse = inputs["sparse"][None].to(device)
     with torch.no_grad():
         logits = model(image, sparse)
-    flow = bins_to_flow(logits, flow_range=flow_range)
-    flow = F.interpolate(flow, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    flow = dense_flow(logits, image.shape[-2:], flow_range)
     h, w = inputs["size"]
     return flow[0, :, :h, :w].permute(1, 2, 0).cpu().numpy().astype(np.float32)
 
@@ -130,7 +128,14 @@ def evaluate(
     far_sums = {m: 0.0 for m in METHODS}
     num_pixels = num_far = 0
     for index in range(count):
-        inputs = eval_inputs(dataset[index], guidance_config, guidance_seed, **mean_std)
+        inputs = eval_inputs(
+            dataset[index],
+            guidance_config,
+            guidance_seed,
+            **mean_std,
+            multiple=model.stride,
+            min_side=model.min_side,
+        )
         h, w = inputs["size"]
         sparse = inputs["sparse"].numpy()
         nearest, distance = nearest_flow(sparse)

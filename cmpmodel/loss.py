@@ -5,10 +5,13 @@ regression: the network outputs ``2 * num_bins`` channels per pixel, the first `
 scoring the x component and the last ``num_bins`` the y component. Units are pixels of the
 *target* flow (the flow the loss compares against), x to the right, y downwards.
 
-Bins are evenly spaced over ``[-R, R]`` (``R = flow_range``): bin ``k`` has centre
-``-R + k * 2R / (n - 1)`` for ``k = 0 .. n - 1``. With the paper's ``n = 99, R = 50`` the step
-is ``100 / 98 ~= 1.02`` px, the centres are ``-50, -48.98, ..., 0 (bin 49), ..., 50`` and
-anything beyond +-50 px falls into the end bins.
+The bins split ``[-R, R]`` (``R = flow_range``) into ``n`` equal cells, as the original CMP
+code does (its ``DiscreteLoss`` and ``Fuser``): the step is ``2R / n``, bin ``k`` covers
+``[-R + k * step, -R + (k + 1) * step)`` and is read back as its centre
+``-R + (k + 1/2) * step``. With the paper's ``n = 99, R = 50`` the step is ``100 / 99 ~= 1.01``
+px, the centres are ``-49.49, ..., 0 (bin 49), ..., 49.49`` and anything beyond +-50 px falls
+into the end bins. Logits below full resolution are up-sampled bilinearly with the corners
+aligned, as there.
 """
 
 from __future__ import annotations
@@ -47,33 +50,28 @@ def _split_logits(logits: Tensor) -> tuple[Tensor, Tensor]:
 def bin_centres(
     num_bins: int = NUM_BINS, flow_range: float = FLOW_RANGE, device: torch.device | None = None
 ) -> Tensor:
-    """The ``(num_bins,)`` float32 bin centres in px: ``-R + k * 2R / (n - 1)``.
+    """The ``(num_bins,)`` float32 bin centres in px: ``-R + (k + 1/2) * 2R / n``.
 
     Raises ``ValueError`` for ``num_bins < 2`` or ``flow_range <= 0``.
     """
     _check_bins(num_bins, flow_range)
-    # k * 2R / (n - 1) - R in float64: the middle centre is exactly 0 (linspace is off by 5e-7)
+    # in float64: the middle centre of an odd number of bins is exactly 0
     k = torch.arange(num_bins, dtype=torch.float64)
-    return (k * (2 * flow_range) / (num_bins - 1) - flow_range).float().to(device)
+    return ((2 * k + 1) * flow_range / num_bins - flow_range).float().to(device)
 
 
 def flow_to_bins(flow: Tensor, num_bins: int = NUM_BINS, flow_range: float = FLOW_RANGE) -> Tensor:
     """Quantise a ``(B, 2, H, W)`` float flow in px into ``(B, 2, H, W)`` long bin indices.
 
-    Each component is clamped to ``[-flow_range, flow_range]`` and mapped to the nearest bin
-    centre; a value exactly half-way between two centres goes to the upper bin (round half up,
-    ``floor(t + 0.5)``), so the rule does not depend on the parity of the index as
-    round-half-to-even would. 0 px is bin ``(num_bins - 1) / 2`` exactly when ``num_bins`` is
-    odd (49 for 99 bins). Raises ``ValueError`` for a malformed flow or bin setting.
+    Each component goes to the bin whose cell holds it, ``floor((v + R) / step)``; values at or
+    beyond ``+-R`` go to the end bins (the original clamps to ``R - 0.001`` first). 0 px is
+    bin ``(num_bins - 1) / 2`` when ``num_bins`` is odd (49 for 99 bins). Raises
+    ``ValueError`` for a malformed flow or bin setting.
     """
     _check_bins(num_bins, flow_range)
     _check_flow(flow)
-    # (v + R) * (n - 1) / (2R) rather than (v + R) / step: exact for the centres themselves
-    # (0 px gives 4900 / 100 = 49.0, not 48.999...).
-    position = (flow.clamp(-flow_range, flow_range) + flow_range) * (
-        (num_bins - 1) / (2 * flow_range)
-    )
-    return torch.floor(position + 0.5).long().clamp_(0, num_bins - 1)
+    position = (flow.clamp(-flow_range, flow_range) + flow_range) * (num_bins / (2 * flow_range))
+    return torch.floor(position).long().clamp_(0, num_bins - 1)
 
 
 def bins_to_flow(
@@ -86,7 +84,7 @@ def bins_to_flow(
     is read from the channel count.
 
     Why expectation: argmax can only ever answer a bin centre, so it adds quantisation error
-    on top of the network's own: with 99 bins over +-50 px the step is ``100 / 98 ~= 1.02``
+    on top of the network's own: with 99 bins over +-50 px the step is ``100 / 99 ~= 1.01``
     px and, for values spread uniformly between centres, the nearest centre is off by a
     quarter step on average (~0.25 px mean absolute error), and the answer jumps from one
     centre to the next. The expectation interpolates between neighbouring bins wherever the
@@ -111,19 +109,29 @@ def bins_to_flow(
     return torch.stack(components, dim=1)
 
 
+def dense_flow(logits: Tensor, size: tuple[int, int], flow_range: float = FLOW_RANGE) -> Tensor:
+    """The ``(B, 2, H, W)`` flow in px that ``(B, 2n, h, w)`` logits predict at ``size``
+    ``(H, W)``: :func:`bins_to_flow` (expectation) at the logits' resolution, then up-sampled
+    bilinearly with the corners aligned, as the original's evaluation does."""
+    flow = bins_to_flow(logits.float(), flow_range=flow_range)
+    if tuple(flow.shape[-2:]) == tuple(size):
+        return flow
+    return F.interpolate(flow, size=tuple(size), mode="bilinear", align_corners=True)
+
+
 def _upsampled(logits: Tensor, height: int, width: int, stride: int) -> Tensor:
-    """``logits`` bilinearly upsampled to ``(height, width)`` (``align_corners=False``), at
+    """``logits`` bilinearly upsampled to ``(height, width)`` (``align_corners=True``), at
     every ``stride``-th row and column from ``stride // 2`` only."""
     if stride == 1:
-        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-    # grid_sample's normalised coordinate of pixel i of n is (2i + 1) / n - 1; with
-    # align_corners=False and border padding it samples exactly what interpolate computes.
+        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=True)
+    # grid_sample's normalised coordinate of pixel i of n, corners aligned, is 2i / (n - 1) - 1:
+    # it samples exactly what interpolate computes there.
     offset = stride // 2
-    ys = (2 * torch.arange(offset, height, stride, device=logits.device) + 1) / height - 1
-    xs = (2 * torch.arange(offset, width, stride, device=logits.device) + 1) / width - 1
+    ys = 2 * torch.arange(offset, height, stride, device=logits.device) / max(height - 1, 1) - 1
+    xs = 2 * torch.arange(offset, width, stride, device=logits.device) / max(width - 1, 1) - 1
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).to(logits.dtype)
     grid = grid.expand(logits.shape[0], *grid.shape)
-    return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def cmp_loss(
@@ -136,13 +144,13 @@ def cmp_loss(
     """The CMP loss: per-component cross-entropy over flow bins, summed, mean over valid pixels.
 
     ``logits`` ``(B, 2n, h, w)`` (x bins, then y bins; any resolution, usually stride 8) are
-    first upsampled bilinearly to the target's ``(H, W)`` (as the paper does), then each pixel
-    contributes ``CE(x logits, x bin) + CE(y logits, y bin)`` in nats, the targets being
-    ``flow_to_bins(flow, n, flow_range)`` of the ``(B, 2, H, W)`` flow in px. The result is the
-    mean of that per-pixel sum over the pixels where ``valid`` ``(B, H, W)`` bool is True
-    (``None``: every pixel), across the whole batch, so every valid pixel weighs the same
-    whatever its image. With no valid pixel at all the loss is 0 (and its gradient zero).
-    A random-init network starts near ``2 * ln(n)`` (9.19 for 99 bins).
+    first upsampled bilinearly (corners aligned) to the target's ``(H, W)`` (as the paper does),
+    then each pixel contributes ``CE(x logits, x bin) + CE(y logits, y bin)`` in nats, the
+    targets being ``flow_to_bins(flow, n, flow_range)`` of the ``(B, 2, H, W)`` flow in px. The
+    result is the mean of that per-pixel sum over the pixels where ``valid`` ``(B, H, W)`` bool
+    is True (``None``: every pixel), across the whole batch, so every valid pixel weighs the
+    same whatever its image. With no valid pixel at all the loss is 0 (and its gradient zero). A
+    random-init network starts near ``2 * ln(n)`` (9.19 for 99 bins).
 
     ``stride`` > 1 scores a subset of the pixels instead: rows and columns ``stride // 2``,
     ``stride // 2 + stride``, ..., each with exactly the logits the full-resolution upsampling

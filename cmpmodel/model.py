@@ -3,14 +3,22 @@
 ::
 
     image  (B, 3, H, W) ─► image encoder ──► (B, 256, H/8, W/8) ─┐
-                                                                 ├─► decoder ─► logits
-    sparse (B, 4, H, W) ─► sparse encoder ─► (B, 16, H/8, W/8) ──┘   (B, 2 * num_bins, H/8, W/8)
+                                                                 ├─► flow decoder ─► logits
+    sparse (B, 4, H, W) ─► flow encoder ───► (B, 16, H/8, W/8) ──┘   (B, 2 * num_bins, h, w)
 
 The logits score ``num_bins`` flow bins for x (first half of the channels) and for y (second
 half); :mod:`cmpmodel.loss` turns them into a loss or back into a flow. ``H`` and ``W`` must be
-multiples of 8. The image is RGB normalised as :mod:`cmpmodel.data` does it ((pixel - mean) /
-std on the 0-255 scale); the guidance map holds the sparse flow in px (channels 0, 1: x, y;
-zero where no guidance is given) and the guidance mask twice (channels 2, 3: 1 where given).
+multiples of 8. The plain decoder gives logits at stride 8 (``h = H / 8``), the skip decoder at
+stride 2. The image is RGB normalised as :mod:`cmpmodel.data` does it ((pixel - mean) / std on
+the 0-255 scale); the guidance map holds the sparse flow in px (channels 0, 1: x, y; zero where
+no guidance is given) and the guidance mask twice (channels 2, 3: 1 where given).
+
+Every layer and operation is the original CMP code's (``models/`` of
+XiaohangZhan/conditional-motion-propagation), and the modules carry its names
+(``image_encoder``, ``flow_encoder``, ``flow_decoder`` and below), so the released models load
+into this one (:mod:`cmpmodel.original`). One difference, exact: where the original puts a
+convolution with a bias before a batch norm, ours has none (the norm's shift replaces it;
+conversion folds the bias into the norm's running mean).
 
 :class:`CMP` takes its three parts as keyword arguments, so a test can pass small ones; the
 named variants (:func:`cmp_alexnet`, :func:`cmp_resnet50`, :func:`cmp_tiny`) are rows of one
@@ -22,7 +30,6 @@ encoder is what is kept (:func:`image_encoder_state_dict`, :func:`resnet50_backb
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,9 +43,12 @@ from cmpdata.guidance import GuidanceConfig
 from cmpdata.registry import Registry
 from cmpmodel.loss import FLOW_RANGE, NUM_BINS
 
-STRIDE = 8  # output stride of every image encoder and of the sparse encoder
+STRIDE = 8  # output stride of the image encoders and of the flow encoder (AlexNet: 8 or 32)
+STRIDES = (8, 32)  # the strides an AlexNet encoder can have
 FEATURE_CHANNELS = 256  # channels of every image encoder's output
-SPARSE_CHANNELS = 16  # channels of the sparse motion encoder's output
+SPARSE_CHANNELS = 16  # channels of the flow encoder's output
+#: the layout of this project's checkpoints; 1 was the layers before they followed the original
+MODEL_FORMAT = 2
 
 
 def init_weights(module: nn.Module) -> None:
@@ -59,13 +69,19 @@ def conv_bn_relu(
     kernel_size: int,
     stride: int = 1,
     padding: int = 0,
-) -> nn.Sequential:
-    """Convolution (no bias: the BN shift replaces it), batch norm, ReLU."""
-    return nn.Sequential(
+) -> list[nn.Module]:
+    """Convolution (no bias: the BN shift replaces it), batch norm, ReLU: three modules, so a
+    sequence of them keeps the original's indices (``0`` conv, ``1`` BN, ``3`` conv ...)."""
+    return [
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
-    )
+    ]
+
+
+def upsample(x: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Bilinear resize with the corners aligned, as every up-sampling of the original."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 # ----------------------------------------------------------------------------- image encoders
@@ -74,44 +90,40 @@ def conv_bn_relu(
 class ImageEncoder(nn.Module, ABC):
     """An image encoder: ``(B, 3, H, W)`` -> ``(B, out_channels, H/8, W/8)``.
 
-    :meth:`features` also returns a stride-4 map of ``skip_channels`` channels for the skip
-    decoder; :meth:`forward` returns the stride-8 output alone (what downstream tasks use).
+    :meth:`features` also returns the stride-2 and stride-4 maps the skip decoder takes
+    (``skip_channels`` channels each); :meth:`forward` returns the stride-8 output alone (what
+    downstream tasks use).
     """
 
     out_channels: int = FEATURE_CHANNELS
-    skip_channels: int
+    skip_channels: tuple[int, int]  # channels of the stride-2 and the stride-4 map
+    stride: int = STRIDE  # of the output
 
     @abstractmethod
-    def features(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """``(skip, output)``: ``(B, skip_channels, H/4, W/4)`` and ``(B, 256, H/8, W/8)``."""
+    def features(self, image: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """``((stride-2 map, stride-4 map), output)``; the output ``(B, 256, H/8, W/8)``."""
 
     def forward(self, image: Tensor) -> Tensor:
         return self.features(image)[1]
 
 
-def projection(in_channels: int) -> nn.Sequential:
-    """The 1x1 conv-BN-ReLU that every encoder ends with, to :data:`FEATURE_CHANNELS`.
-
-    BN + ReLU rather than a bare convolution so the 256 image channels arrive at the decoder on
-    the same footing as the 16 sparse ones, which also come out of BN + ReLU.
-    """
-    return conv_bn_relu(in_channels, FEATURE_CHANNELS, 1)
-
-
 class AlexNetBN(ImageEncoder):
-    """AlexNet with batch norm, fully convolutional, output stride 8, 256 channels.
+    """AlexNet with batch norm, fully convolutional, output stride 8, 256 channels (the
+    original's ``alexnet_fcn_8x``); with ``stride=32`` the original's ``alexnet_fcn_32x``
+    (conv1 stride 4, pool5 stride 2), the one its released AlexNet models use.
 
     AlexNet's first stride (4) becomes 2 and pool5 keeps the resolution (stride 1, still 3x3
     so its receptive field is kept); fc6 and fc7 become 3x3 and 1x1 convolutions (4096 wide,
-    dropout 0.5 after each, as AlexNet's fully connected layers) and a 1x1 projection brings
-    the 4096 channels to 256. Every convolution is followed by BN + ReLU.
+    dropout 0.5 after each, as AlexNet's fully connected layers) and ``conv8``, a 1x1
+    convolution with a bias, brings the 4096 channels to 256. Every other convolution is
+    followed by BN + ReLU.
 
     ======  ==========================  =========  ========  ======  ===============
     layer   kernel / stride / padding   channels   dilation  stride  receptive field
     ======  ==========================  =========  ========  ======  ===============
-    conv1   11 / 2 / 5                  3 -> 96    1         2       11
+    conv1   11 / 2 / 5                  3 -> 96    1         2       11   (skip, 2)
     pool1   max 3 / 2 / 1                          1         4       15
-    conv2   5 / 1 / 2                   96 -> 256  1         4       31   (skip)
+    conv2   5 / 1 / 2                   96 -> 256  1         4       31   (skip, 4)
     pool2   max 3 / 2 / 1                          1         8       39
     conv3   3 / 1 / 1                   256 -> 384 1         8       55
     conv4   3 / 1 / 1                   384 -> 384 1         8       71
@@ -119,84 +131,95 @@ class AlexNetBN(ImageEncoder):
     pool5   max 3 / 1 / 1                          1         8       103
     fc6     3 / 1 / 1                   256 -> 4096 1        8       119
     fc7     1 / 1 / 0                   4096 -> 4096 1       8       119
-    proj    1 / 1 / 0                   4096 -> 256 1        8       119
+    conv8   1 / 1 / 0                   4096 -> 256 1        8       119
     ======  ==========================  =========  ========  ======  ===============
 
     Each strided layer maps a side ``s`` to ``ceil(s / 2)``, so the output is exactly
-    ``H/8 x W/8`` for multiples of 8. The skip map is conv2's output (stride 4, 256 ch).
+    ``H/8 x W/8`` for multiples of 8.
     """
 
-    skip_channels = 256
+    skip_channels = (96, 256)
 
-    def __init__(self, fc_width: int = 4096, dropout: float = 0.5) -> None:
+    def __init__(self, fc_width: int = 4096, dropout: float = 0.5, stride: int = STRIDE) -> None:
         super().__init__()
-        self.conv1 = conv_bn_relu(3, 96, 11, stride=2, padding=5)
+        if stride not in STRIDES:
+            raise ConfigError(f"AlexNet's stride is one of {STRIDES}, not {stride}")
+        self.stride = stride
+        first, last = (2, 1) if stride == 8 else (4, 2)
+        self.conv1 = nn.Sequential(*conv_bn_relu(3, 96, 11, stride=first, padding=5))
         self.pool1 = nn.MaxPool2d(3, stride=2, padding=1)
-        self.conv2 = conv_bn_relu(96, 256, 5, padding=2)
+        self.conv2 = nn.Sequential(*conv_bn_relu(96, 256, 5, padding=2))
         self.pool2 = nn.MaxPool2d(3, stride=2, padding=1)
-        self.conv3 = conv_bn_relu(256, 384, 3, padding=1)
-        self.conv4 = conv_bn_relu(384, 384, 3, padding=1)
-        self.conv5 = conv_bn_relu(384, 256, 3, padding=1)
-        self.pool5 = nn.MaxPool2d(3, stride=1, padding=1)
-        self.fc6 = conv_bn_relu(256, fc_width, 3, padding=1)
+        self.conv3 = nn.Sequential(*conv_bn_relu(256, 384, 3, padding=1))
+        self.conv4 = nn.Sequential(*conv_bn_relu(384, 384, 3, padding=1))
+        self.conv5 = nn.Sequential(*conv_bn_relu(384, 256, 3, padding=1))
+        self.pool5 = nn.MaxPool2d(3, stride=last, padding=1)
+        self.fc6 = nn.Sequential(*conv_bn_relu(256, fc_width, 3, padding=1))
         self.drop6 = nn.Dropout(dropout)
-        self.fc7 = conv_bn_relu(fc_width, fc_width, 1)
+        self.fc7 = nn.Sequential(*conv_bn_relu(fc_width, fc_width, 1))
         self.drop7 = nn.Dropout(dropout)
-        self.proj = projection(fc_width)
+        self.conv8 = nn.Conv2d(fc_width, FEATURE_CHANNELS, 1)
         init_weights(self)
 
-    def features(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        skip = self.conv2(self.pool1(self.conv1(image)))
-        x = self.conv5(self.conv4(self.conv3(self.pool2(skip))))
+    def features(self, image: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        half = self.conv1(image)
+        quarter = self.conv2(self.pool1(half))
+        x = self.conv5(self.conv4(self.conv3(self.pool2(quarter))))
         x = self.drop6(self.fc6(self.pool5(x)))
         x = self.drop7(self.fc7(x))
-        return skip, self.proj(x)
+        return (half, quarter), self.conv8(x)
 
 
-_RESNET_STEM = ("conv1", "bn1", "relu", "maxpool", "layer1")  # up to the stride-4 skip map
-_RESNET_BODY = ("layer2", "layer3", "layer4")
+_RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
 class ResNet50Encoder(ImageEncoder):
-    """ResNet-50 with layer3 and layer4 dilated (2 and 4) instead of strided, stride 8.
+    """ResNet-50 with layer3 and layer4 dilated (2 and 4) instead of strided, stride 8, then
+    ``conv5``: a 1x1 convolution with a bias from 2048 channels to 256.
 
-    ``backbone`` is torchvision's ``resnet50(weights=None, replace_stride_with_dilation=[False,
-    True, True])`` without its average pool and classifier, its modules under torchvision's
-    own names (``conv1, bn1, layer1 .. layer4``), so :func:`resnet50_backbone_state_dict` loads
-    straight into a torchvision ResNet-50 (which the downstream tasks start from). ``proj`` is a
-    1x1 conv-BN-ReLU from layer4's 2048 channels to 256. The skip map is layer1's output
-    (stride 4, 256 ch).
+    The layers are torchvision's ``resnet50`` under torchvision's own names (``conv1, bn1,
+    layer1 .. layer4``; no ``fc``), so :func:`resnet50_backbone_state_dict` loads straight
+    into a torchvision ResNet-50 (which the downstream tasks start from). Dilation as the
+    original sets it: every 3x3 convolution of layer3 at dilation 2 and of layer4 at 4, the
+    first block of each included (torchvision's ``replace_stride_with_dilation`` leaves that
+    block one step behind). The skip maps are conv1's output after its BN and ReLU (stride 2,
+    64 ch) and layer1's (stride 4, 256 ch).
     """
 
-    skip_channels = 256
+    skip_channels = (64, 256)
 
     def __init__(self) -> None:
         super().__init__()
         net = torchvision.models.resnet50(
             weights=None, replace_stride_with_dilation=[False, True, True]
         )
-        self.backbone = nn.Sequential(
-            OrderedDict((name, getattr(net, name)) for name in _RESNET_STEM + _RESNET_BODY)
-        )
-        self.proj = projection(net.fc.in_features)
-        init_weights(self.proj)
+        for layer, dilation in ((net.layer3, 2), (net.layer4, 4)):
+            layer[0].conv2.dilation = (dilation, dilation)
+            layer[0].conv2.padding = (dilation, dilation)
+        for name in _RESNET_PARTS:
+            setattr(self, name, getattr(net, name))
+        self.conv5 = nn.Conv2d(net.fc.in_features, FEATURE_CHANNELS, 1)
+        init_weights(self.conv5)
 
-    def features(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        skip = self.backbone[: len(_RESNET_STEM)](image)
-        return skip, self.proj(self.backbone[len(_RESNET_STEM) :](skip))
+    def features(self, image: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        half = self.relu(self.bn1(self.conv1(image)))
+        quarter = self.layer1(self.maxpool(half))
+        x = self.layer4(self.layer3(self.layer2(quarter)))
+        return (half, quarter), self.conv5(x)
 
 
 class TinyEncoder(ImageEncoder):
-    """A small encoder for CPU tests and demos: four 3x3 conv-BN-ReLU, stride 8, 256 channels.
+    """A small encoder for CPU tests and demos: four 3x3 conv-BN-ReLU, stride 8, then a 1x1
+    convolution with a bias to 256 channels, as the paper's encoders end.
 
     ======  =======================  =================  ======
     layer   kernel / stride / pad    channels           stride
     ======  =======================  =================  ======
-    conv1   3 / 2 / 1                3 -> width         2
-    conv2   3 / 2 / 1                width -> width     4   (skip)
+    conv1   3 / 2 / 1                3 -> width         2   (skip, 2)
+    conv2   3 / 2 / 1                width -> width     4   (skip, 4)
     conv3   3 / 2 / 1                width -> 2 width   8
     conv4   3 / 1 / 1                2 width -> 2 width 8
-    proj    1 / 1 / 0                2 width -> 256     8
+    conv5   1 / 1 / 0                2 width -> 256     8
     ======  =======================  =================  ======
     """
 
@@ -204,24 +227,26 @@ class TinyEncoder(ImageEncoder):
         super().__init__()
         if width < 1:
             raise ValueError(f"TinyEncoder width must be >= 1, got {width}")
-        self.skip_channels = width
-        self.conv1 = conv_bn_relu(3, width, 3, stride=2, padding=1)
-        self.conv2 = conv_bn_relu(width, width, 3, stride=2, padding=1)
-        self.conv3 = conv_bn_relu(width, 2 * width, 3, stride=2, padding=1)
-        self.conv4 = conv_bn_relu(2 * width, 2 * width, 3, padding=1)
-        self.proj = projection(2 * width)
+        self.skip_channels = (width, width)
+        self.conv1 = nn.Sequential(*conv_bn_relu(3, width, 3, stride=2, padding=1))
+        self.conv2 = nn.Sequential(*conv_bn_relu(width, width, 3, stride=2, padding=1))
+        self.conv3 = nn.Sequential(*conv_bn_relu(width, 2 * width, 3, stride=2, padding=1))
+        self.conv4 = nn.Sequential(*conv_bn_relu(2 * width, 2 * width, 3, padding=1))
+        self.conv5 = nn.Conv2d(2 * width, FEATURE_CHANNELS, 1)
         init_weights(self)
 
-    def features(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        skip = self.conv2(self.conv1(image))
-        return skip, self.proj(self.conv4(self.conv3(skip)))
+    def features(self, image: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        half = self.conv1(image)
+        quarter = self.conv2(half)
+        return (half, quarter), self.conv5(self.conv4(self.conv3(quarter)))
 
 
-# ------------------------------------------------------------------ sparse encoder and decoder
+# ---------------------------------------------------------------- flow encoder and decoders
 
 
 class SparseMotionEncoder(nn.Module):
-    """The guidance map ``(B, 4, H, W)`` -> ``(B, 16, H/8, W/8)``.
+    """The guidance map ``(B, 4, H, W)`` -> ``(B, 16, H/8, W/8)`` (the original's
+    ``shallownet8x``; with ``stride=32`` its ``shallownet32x``, the last pool 8 wide).
 
     conv 5x5 stride 2 -> 16, BN, ReLU, max-pool 2, conv 3x3 -> 16, BN, ReLU, avg-pool 2. The
     max-pool keeps a lone guidance vector alive through the first reduction; the average
@@ -230,106 +255,123 @@ class SparseMotionEncoder(nn.Module):
 
     out_channels = SPARSE_CHANNELS
 
-    def __init__(self) -> None:
+    def __init__(self, stride: int = STRIDE) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            conv_bn_relu(4, SPARSE_CHANNELS, 5, stride=2, padding=2),
-            nn.MaxPool2d(2),
-            conv_bn_relu(SPARSE_CHANNELS, SPARSE_CHANNELS, 3, padding=1),
-            nn.AvgPool2d(2),
+        self.stride = stride
+        self.features = nn.Sequential(
+            *conv_bn_relu(4, SPARSE_CHANNELS, 5, stride=2, padding=2),
+            nn.MaxPool2d(2, stride=2),
+            *conv_bn_relu(SPARSE_CHANNELS, SPARSE_CHANNELS, 3, padding=1),
+            nn.AvgPool2d(stride // 4, stride=stride // 4),
         )
         init_weights(self)
 
     def forward(self, sparse: Tensor) -> Tensor:
-        return self.layers(sparse)
+        return self.features(sparse)
 
 
-class PropagationDecoder(nn.Module):
-    """Propagates the sparse motion over the image features: multi-scale branches, 1x1 out.
+def branch(in_channels: int, width: int, scale: int, convs: int) -> nn.Sequential:
+    """One scale of a decoder: max-pool by ``scale`` (floor: a last row or column that does
+    not fill a cell is dropped, as in the original), then ``convs`` 3x3 conv-BN-ReLU."""
+    layers: list[nn.Module] = [nn.MaxPool2d(scale, stride=scale)] if scale > 1 else []
+    for i in range(convs):
+        layers += conv_bn_relu(in_channels if i == 0 else width, width, 3, padding=1)
+    return nn.Sequential(*layers)
 
-    Input ``(B, in_channels, h, w)`` (image and sparse features concatenated, stride 8). One
-    branch per scale ``s`` in ``scales``: max-pool by ``s`` (ceil mode, so no row is dropped),
-    two 3x3 conv-BN-ReLU of ``width`` channels, bilinear upsample back to ``(h, w)``. The
-    branches are concatenated (``len(scales) * width`` channels) and a 1x1 convolution gives
-    ``out_channels`` logits at stride 8. The coarse branches carry a guidance vector across
-    a whole object; the fine one keeps its edges.
 
-    Skip variant (``skip_channels`` set): :meth:`forward` also takes the encoder's stride-4
-    map. It is reduced by a 1x1 conv-BN-ReLU to 48 channels (few, so the fine detail refines
-    the propagated motion rather than outweighing it); the concatenated branches are
-    upsampled bilinearly to its size and concatenated with it; two 3x3 conv-BN-ReLU of
-    ``width`` channels fuse the two; the 1x1 output convolution then gives the logits at
-    stride 4.
+class FlowDecoder(nn.Module):
+    """What both decoders share: one branch per scale on the stride-8 input, each up-sampled
+    back to it (bilinear, corners aligned) and concatenated, and a 1x1 ``head`` convolution
+    to the logits, which keeps PyTorch's default (small) init so the first logits are near
+    uniform and the first loss near ``2 * ln(num_bins)``. The coarse branches carry a
+    guidance vector across a whole object; the fine one keeps its edges."""
 
-    The output convolution keeps PyTorch's default (small) init so the first logits are near
-    uniform and the first loss near ``2 * ln(num_bins)``.
-    """
+    skip_channels: tuple[int, int] | None = None
+    output_stride: int | None = None  # of the logits; None: the encoders'
 
-    skip_reduced = 48  # channels the skip map is reduced to before fusion
+    def __init__(
+        self, in_channels: int, out_channels: int, width: int, scales: tuple[int, ...], convs: int
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.scales = scales
+        for scale in scales:
+            setattr(self, f"decoder{scale}", branch(in_channels, width, scale, convs))
+
+    def branches(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        outputs = [getattr(self, f"decoder{s}")(x) for s in self.scales]
+        return torch.cat([outputs[0]] + [upsample(o, size) for o in outputs[1:]], dim=1)
+
+    def check_skip(self, skip: tuple[Tensor, Tensor] | None) -> None:
+        if (skip is None) != (self.skip_channels is None):
+            raise ValueError(
+                f"decoder built with skip_channels={self.skip_channels} got skip maps "
+                f"{None if skip is None else [tuple(t.shape) for t in skip]}"
+            )
+
+
+class PlainDecoder(FlowDecoder):
+    """The representation-learning decoder (the original's ``MotionDecoderPlain``): branches
+    at scales 1, 2, 4 of two 3x3 conv-BN-ReLU of ``width`` channels each; the head gives the
+    logits at stride 8."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 128) -> None:
+        super().__init__(in_channels, out_channels, width, scales=(1, 2, 4), convs=2)
+        init_weights(self)
+        self.head = nn.Conv2d(3 * width, out_channels, 1)
+
+    def forward(self, x: Tensor, skip: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``(B, in_channels, h, w)`` -> logits ``(B, out_channels, h, w)``."""
+        self.check_skip(skip)
+        return self.head(self.branches(x))
+
+
+class SkipDecoder(FlowDecoder):
+    """The decoder of the annotation model (the original's ``MotionDecoderSkipLayer``, the one
+    MOFA-Video reuses): branches at scales 1, 2, 4, 8 of three 3x3 conv-BN-ReLU each,
+    ``fusion8`` (3x3 to 256), then two steps up: the fused map is up-sampled to the encoder's
+    stride-4 map, concatenated with ``skipconv4`` of it (3x3 to 128) and fused (``fusion4``,
+    3x3 to 128); the same at stride 2 (``skipconv2`` to 32, ``fusion2`` to 64). The head gives
+    the logits at stride 2."""
+
+    output_stride = 2
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
+        skip_channels: tuple[int, int],
         width: int = 128,
-        scales: tuple[int, ...] = (1, 2, 4),
-        skip_channels: int | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.skip_channels = skip_channels
-        self.branches = nn.ModuleList(
-            nn.Sequential(
-                nn.MaxPool2d(scale, ceil_mode=True) if scale > 1 else nn.Identity(),
-                conv_bn_relu(in_channels, width, 3, padding=1),
-                conv_bn_relu(width, width, 3, padding=1),
-            )
-            for scale in scales
-        )
-        fused = len(scales) * width
-        if skip_channels is not None:
-            self.skip_reduce = conv_bn_relu(skip_channels, self.skip_reduced, 1)
-            self.skip_fuse = nn.Sequential(
-                conv_bn_relu(fused + self.skip_reduced, width, 3, padding=1),
-                conv_bn_relu(width, width, 3, padding=1),
-            )
-            fused = width
+        super().__init__(in_channels, out_channels, width, scales=(1, 2, 4, 8), convs=3)
+        self.skip_channels = tuple(skip_channels)
+        half, quarter = self.skip_channels
+        self.fusion8 = nn.Sequential(*conv_bn_relu(4 * width, 256, 3, padding=1))
+        self.skipconv4 = nn.Sequential(*conv_bn_relu(quarter, 128, 3, padding=1))
+        self.fusion4 = nn.Sequential(*conv_bn_relu(256 + 128, 128, 3, padding=1))
+        self.skipconv2 = nn.Sequential(*conv_bn_relu(half, 32, 3, padding=1))
+        self.fusion2 = nn.Sequential(*conv_bn_relu(128 + 32, 64, 3, padding=1))
         init_weights(self)
-        self.output = nn.Conv2d(fused, out_channels, 1)
+        self.head = nn.Conv2d(64, out_channels, 1)
 
-    @property
-    def output_stride(self) -> int:
-        """Stride of the logits relative to the input image: 8, or 4 with skip features."""
-        return STRIDE if self.skip_channels is None else STRIDE // 2
-
-    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
-        """``(B, in_channels, h, w)`` [+ skip ``(B, skip_channels, 2h, 2w)``] -> logits."""
-        if (skip is None) != (self.skip_channels is None):
-            raise ValueError(
-                f"decoder built with skip_channels={self.skip_channels} got skip "
-                f"{None if skip is None else tuple(skip.shape)}"
-            )
-        size = x.shape[-2:]
-        x = torch.cat(
-            [
-                F.interpolate(branch(x), size=size, mode="bilinear", align_corners=False)
-                for branch in self.branches
-            ],
-            dim=1,
-        )
-        if skip is not None:
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.skip_fuse(torch.cat([x, self.skip_reduce(skip)], dim=1))
-        return self.output(x)
+    def forward(self, x: Tensor, skip: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``(B, in_channels, h, w)`` + the stride-2 and stride-4 maps -> logits at stride 2."""
+        self.check_skip(skip)
+        half, quarter = skip
+        x = self.fusion8(self.branches(x))
+        x = self.fusion4(torch.cat([upsample(x, quarter.shape[-2:]), self.skipconv4(quarter)], 1))
+        x = self.fusion2(torch.cat([upsample(x, half.shape[-2:]), self.skipconv2(half)], 1))
+        return self.head(x)
 
 
 # ------------------------------------------------------------------------------------ the model
 
 
-def check_inputs(image: Tensor, sparse: Tensor) -> None:
+def check_inputs(image: Tensor, sparse: Tensor, stride: int = STRIDE, min_side: int = 1) -> None:
     """Raise ``ValueError`` unless ``image`` is (B, 3, H, W) and ``sparse`` (B, 4, H, W) with
-    H and W multiples of :data:`STRIDE`; the message shows both shapes."""
+    H and W multiples of ``stride`` and at least ``min_side``; the message shows both shapes."""
     shapes = f"image {tuple(image.shape)}, sparse {tuple(sparse.shape)}"
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be (B, 3, H, W); got {shapes}")
@@ -339,8 +381,13 @@ def check_inputs(image: Tensor, sparse: Tensor) -> None:
         raise ValueError(f"image and sparse guidance differ in batch size: {shapes}")
     if image.shape[2:] != sparse.shape[2:]:
         raise ValueError(f"image and sparse guidance differ in size: {shapes}")
-    if image.shape[2] % STRIDE or image.shape[3] % STRIDE:
-        raise ValueError(f"height and width must be multiples of {STRIDE}; got {shapes}")
+    if image.shape[2] % stride or image.shape[3] % stride:
+        raise ValueError(f"height and width must be multiples of {stride}; got {shapes}")
+    if min(image.shape[2:]) < min_side:
+        raise ValueError(
+            f"height and width must be at least {min_side} px (the decoder's coarsest branch "
+            f"pools the stride-{stride} features by {min_side // stride}); got {shapes}"
+        )
 
 
 class CMP(nn.Module):
@@ -349,51 +396,67 @@ class CMP(nn.Module):
     ``forward(image, sparse)``: ``image`` ``(B, 3, H, W)`` float, normalised RGB; ``sparse``
     ``(B, 4, H, W)`` float guidance map (sparse flow x, y in px; mask, mask). ``H`` and ``W``
     must be multiples of 8 (the encoders' stride; the trainer crops to such sizes). Returns
-    logits ``(B, C, H/8, W/8)`` (``(B, C, H/4, W/4)`` with a skip decoder, see
-    :attr:`output_stride`), ``C = 2 * num_bins``: x bins then y bins. Raises ``ValueError``
-    naming the shapes on any mismatch, both when the parts are put together and when called.
+    logits ``(B, C, H/s, W/s)``, ``s`` the decoder's :attr:`output_stride` (8 plain, 2 skip),
+    ``C = 2 * num_bins``: x bins then y bins. Raises ``ValueError`` naming the shapes on any
+    mismatch, both when the parts are put together and when called.
     """
 
     def __init__(
         self,
         *,
         image_encoder: ImageEncoder,
-        sparse_encoder: SparseMotionEncoder,
-        decoder: PropagationDecoder,
+        flow_encoder: SparseMotionEncoder,
+        flow_decoder: FlowDecoder,
     ) -> None:
         super().__init__()
-        expected = image_encoder.out_channels + sparse_encoder.out_channels
-        if decoder.in_channels != expected:
+        expected = image_encoder.out_channels + flow_encoder.out_channels
+        if flow_decoder.in_channels != expected:
             raise ValueError(
-                f"decoder takes {decoder.in_channels} channels but the encoders give "
-                f"{image_encoder.out_channels} + {sparse_encoder.out_channels} = {expected}"
+                f"decoder takes {flow_decoder.in_channels} channels but the encoders give "
+                f"{image_encoder.out_channels} + {flow_encoder.out_channels} = {expected}"
             )
-        if decoder.skip_channels not in (None, image_encoder.skip_channels):
+        if flow_decoder.skip_channels not in (None, tuple(image_encoder.skip_channels)):
             raise ValueError(
-                f"decoder takes {decoder.skip_channels} skip channels but the image encoder "
-                f"gives {image_encoder.skip_channels}"
+                f"decoder takes {flow_decoder.skip_channels} skip channels but the image "
+                f"encoder gives {image_encoder.skip_channels}"
             )
-        if decoder.out_channels % 2:
+        if flow_encoder.stride != image_encoder.stride:
             raise ValueError(
-                f"decoder gives {decoder.out_channels} channels; need 2 * num_bins (x and y)"
+                f"the flow encoder has stride {flow_encoder.stride}, the image encoder "
+                f"{image_encoder.stride}"
+            )
+        if flow_decoder.out_channels % 2:
+            raise ValueError(
+                f"decoder gives {flow_decoder.out_channels} channels; need 2 * num_bins (x and y)"
             )
         self.image_encoder = image_encoder
-        self.sparse_encoder = sparse_encoder
-        self.decoder = decoder
+        self.flow_encoder = flow_encoder
+        self.flow_decoder = flow_decoder
 
     @property
     def num_bins(self) -> int:
-        return self.decoder.out_channels // 2
+        return self.flow_decoder.out_channels // 2
 
     @property
     def output_stride(self) -> int:
-        return self.decoder.output_stride
+        """The logits' stride: the decoder's (2 for the skip decoder) or the encoders'."""
+        return self.flow_decoder.output_stride or self.stride
+
+    @property
+    def stride(self) -> int:
+        """The encoders' stride: the image's sides must be multiples of it."""
+        return self.image_encoder.stride
+
+    @property
+    def min_side(self) -> int:
+        """The smallest height and width the model takes: one cell of its coarsest branch."""
+        return self.stride * max(self.flow_decoder.scales)
 
     def forward(self, image: Tensor, sparse: Tensor) -> Tensor:
-        check_inputs(image, sparse)
+        check_inputs(image, sparse, self.stride, self.min_side)
         skip, features = self.image_encoder.features(image)
-        x = torch.cat([features, self.sparse_encoder(sparse)], dim=1)
-        return self.decoder(x, skip if self.decoder.skip_channels is not None else None)
+        x = torch.cat([features, self.flow_encoder(sparse)], dim=1)
+        return self.flow_decoder(x, skip if self.flow_decoder.skip_channels is not None else None)
 
 
 # ------------------------------------------------------------------- named configurations
@@ -406,9 +469,10 @@ class ModelConfig:
     arch: str = "resnet50"  # image encoder, a name in ARCHS: alexnet, resnet50, tiny
     num_bins: int = NUM_BINS  # flow bins per component (x, y): the output has 2 * num_bins ch
     flow_range: float = FLOW_RANGE  # the bins span [-flow_range, flow_range] px (for the loss)
-    skip: bool = False  # decoder fuses the encoder's stride-4 features; logits at stride 4
+    skip: bool = False  # the skip decoder (encoder maps at strides 2 and 4); logits at stride 2
     tiny_width: int = 32  # channel width of the tiny encoder (ignored by the other archs)
     decoder_width: int = 128  # channels of each decoder branch
+    stride: int = STRIDE  # the encoders' output stride: 8, or 32 (AlexNet, plain decoder only)
 
     def __post_init__(self) -> None:
         ARCHS.get(self.arch)
@@ -421,6 +485,12 @@ class ModelConfig:
                 f"widths must be >= 1, got tiny_width={self.tiny_width}, "
                 f"decoder_width={self.decoder_width}"
             )
+        if self.stride not in STRIDES or (self.stride != STRIDE and self.arch != "alexnet"):
+            raise ConfigError(
+                f"stride {self.stride}: {self.arch} has stride {STRIDE} (AlexNet also 32)"
+            )
+        if self.stride != STRIDE and self.skip:
+            raise ConfigError(f"the skip decoder needs stride {STRIDE}, not {self.stride}")
 
 
 @dataclass(frozen=True)
@@ -441,7 +511,9 @@ class Arch:
 
 ARCHS: Registry[Arch] = Registry("architecture")
 ARCHS.register("alexnet")(
-    Arch(lambda config: AlexNetBN(), ArchSettings(384, GuidanceConfig.alexnet()))
+    Arch(
+        lambda config: AlexNetBN(stride=config.stride), ArchSettings(384, GuidanceConfig.alexnet())
+    )
 )
 ARCHS.register("resnet50")(
     Arch(lambda config: ResNet50Encoder(), ArchSettings(320, GuidanceConfig.resnet()))
@@ -460,14 +532,16 @@ def arch_settings(arch: str) -> ArchSettings:
 def build_model(config: ModelConfig) -> CMP:
     """A randomly initialised :class:`CMP` of the shape ``config`` describes."""
     image_encoder = ARCHS.get(config.arch).encoder(config)
-    sparse_encoder = SparseMotionEncoder()
-    decoder = PropagationDecoder(
-        in_channels=image_encoder.out_channels + sparse_encoder.out_channels,
-        out_channels=2 * config.num_bins,
-        width=config.decoder_width,
-        skip_channels=image_encoder.skip_channels if config.skip else None,
-    )
-    return CMP(image_encoder=image_encoder, sparse_encoder=sparse_encoder, decoder=decoder)
+    flow_encoder = SparseMotionEncoder(config.stride)
+    in_channels = image_encoder.out_channels + flow_encoder.out_channels
+    out_channels = 2 * config.num_bins
+    if config.skip:
+        decoder: FlowDecoder = SkipDecoder(
+            in_channels, out_channels, image_encoder.skip_channels, config.decoder_width
+        )
+    else:
+        decoder = PlainDecoder(in_channels, out_channels, config.decoder_width)
+    return CMP(image_encoder=image_encoder, flow_encoder=flow_encoder, flow_decoder=decoder)
 
 
 def cmp_alexnet(skip: bool = False) -> CMP:
@@ -490,7 +564,7 @@ def cmp_tiny(skip: bool = False, width: int = 32) -> CMP:
 
 def image_encoder_state_dict(model: CMP) -> dict[str, Tensor]:
     """The trained image encoder's weights, keyed as in the encoder itself (``conv1.0.weight``,
-    ``backbone.layer1.0.conv1.weight``, ...): what downstream fine-tuning starts from. Loads
+    ``layer1.0.conv1.weight``, ...): what downstream fine-tuning starts from. Loads
     strictly into a fresh encoder of the same class (``ARCHS.get(arch).encoder(config)``)."""
     return model.image_encoder.state_dict()
 
@@ -500,9 +574,9 @@ def resnet50_backbone_state_dict(encoder: ResNet50Encoder) -> dict[str, Tensor]:
 
     ``torchvision.models.resnet50().load_state_dict(sd, strict=False)`` then reports only
     ``fc.weight`` and ``fc.bias`` missing (dilation has no weights, so the dilated and the
-    standard ResNet-50 share every tensor shape). The 1x1 projection to 256 is not included.
+    standard ResNet-50 share every tensor shape). ``conv5`` (the 1x1 to 256) is not included.
     Raises ``ValueError`` if ``encoder`` is not a :class:`ResNet50Encoder`.
     """
     if not isinstance(encoder, ResNet50Encoder):
         raise ValueError(f"expected a ResNet50Encoder, got {type(encoder).__name__}")
-    return encoder.backbone.state_dict()
+    return {k: v for k, v in encoder.state_dict().items() if not k.startswith("conv5.")}

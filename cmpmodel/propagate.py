@@ -88,7 +88,9 @@ def propagate(
     )
     transform = ckpt.get("transform_config", {})
     mean_std = {k: transform[k] for k in ("mean", "std") if k in transform}
-    inputs = eval_inputs(sample, None, 0, **mean_std)
+    inputs = eval_inputs(
+        sample, None, 0, **mean_std, multiple=model.stride, min_side=model.min_side
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     flow = model_flow(model.to(device), inputs, ckpt["model_config"]["flow_range"], device)
     figure = flow_figure(image, flow, guidance, title=f"propagated from {len(guidance)} guides")

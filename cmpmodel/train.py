@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -53,10 +52,11 @@ from cmpdata.store.dataset import ShardDataset
 from cmpdata.store.shards import ShardError
 from cmpdata.viz import draw_guidance, flow_to_color, panel, save_png
 from cmpmodel.data import DamagedItem, TrainTransform, TrainTransformConfig, make_train_loader
-from cmpmodel.loss import bins_to_flow, cmp_loss
+from cmpmodel.loss import cmp_loss, dense_flow
 from cmpmodel.model import (
     ARCHS,
     CMP,
+    MODEL_FORMAT,
     ModelConfig,
     ResNet50Encoder,
     arch_settings,
@@ -201,32 +201,52 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 REQUIRED_KEYS = ("model", "model_config", "config", "step")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint read with ``torch.load(weights_only=True)`` onto the CPU.
-
-    Raises :class:`CheckpointError` naming ``path`` if it is missing, not a checkpoint
-    (corrupt, truncated, or holding more than tensors and plain values) or lacks a key.
-    """
+def read_torch_file(path: str | Path) -> Any:
+    """What ``torch.load(path, weights_only=True)`` reads, onto the CPU; raises
+    :class:`CheckpointError` naming ``path`` if it is missing or not such a file (corrupt,
+    truncated, or holding more than tensors and plain values)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         # torch's message on a file holding other objects goes on to explain how to load it
         # unsafely: that is not advice to pass on.
         if found := _UNSUPPORTED.search(str(exc)):
             reason = f"it holds objects other than tensors and plain values ({found.group(1)})"
-            raise CheckpointError(
-                path, f"not loaded: {reason}; not a cmpmodel checkpoint"
-            ) from None
+            raise CheckpointError(path, f"not loaded: {reason}; not a checkpoint") from None
         reason = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(path, f"not a readable checkpoint ({reason[:200]})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint of this project read with :func:`read_torch_file`.
+
+    Raises :class:`CheckpointError` naming ``path`` as that does, or when it lacks a key or
+    was written by an earlier version of the model (:data:`~cmpmodel.model.MODEL_FORMAT`).
+    """
+    checkpoint = read_torch_file(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(path, f"not a checkpoint (holds a {type(checkpoint).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
     if missing:
+        if {"state_dict", "step"} <= set(checkpoint):
+            raise CheckpointError(
+                path,
+                "a checkpoint of the original CMP code: convert it first with "
+                "cmpmodel convert-original CKPT --out FILE.pt",
+            )
         raise CheckpointError(path, f"not a cmpmodel checkpoint (missing {', '.join(missing)})")
+    if checkpoint.get("model_format", 1) != MODEL_FORMAT:
+        raise CheckpointError(
+            path,
+            f"written by an earlier cmpmodel (model format {checkpoint.get('model_format', 1)}, "
+            f"this one reads {MODEL_FORMAT}): the network now has the original CMP's layers "
+            "(1x1 encoder outputs with a bias, decoders that pool with floor and up-sample with "
+            "the corners aligned, the original's skip decoder, bins of 2R/n) and its old "
+            "weights do not fit them; train it again",
+        )
     return checkpoint
 
 
@@ -374,12 +394,7 @@ def training_picture(
     image = np.clip(image * transform.std + np.float32(transform.mean), 0, 255).astype(np.uint8)
     guidance = guidance_of_map(batch["sparse"][0].cpu().numpy())
     flow_range = config.model_config().flow_range
-    predicted = F.interpolate(
-        bins_to_flow(logits[:1].detach().float(), flow_range=flow_range),
-        size=image.shape[:2],
-        mode="bilinear",
-        align_corners=False,
-    )[0]
+    predicted = dense_flow(logits[:1].detach(), image.shape[:2], flow_range)[0]
     target = batch["flow"][0].cpu().numpy().transpose(1, 2, 0).astype(np.float32)
     predicted = predicted.cpu().numpy().transpose(1, 2, 0).astype(np.float32)
     magnitude = np.hypot(target[..., 0], target[..., 1])[batch["valid"][0].cpu().numpy()]
@@ -549,6 +564,7 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
     def save(step: int, epoch: int, position: int) -> None:
         state = {
             "model": model.state_dict(),
+            "model_format": MODEL_FORMAT,
             "optimizer": optimizer.state_dict(),
             "step": step,
             "epoch": epoch,

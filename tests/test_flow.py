@@ -20,7 +20,11 @@ from cmpdata.flow.raft import MIN_NETWORK_SIDE, RaftSmallFlow, network_sizes
 
 # RAFT on the CPU with random weights and few iterations: the plumbing, not the accuracy
 RAFT_TEST_OPTIONS = {"random_init": True, "device": "cpu", "num_flow_updates": 2}
-TEST_OPTIONS = {"raft-small": RAFT_TEST_OPTIONS, "raft-large": RAFT_TEST_OPTIONS}
+TEST_OPTIONS = {
+    "raft-small": RAFT_TEST_OPTIONS,
+    "raft-large": RAFT_TEST_OPTIONS,
+    "liteflownet": {"random_init": True, "device": "cpu"},
+}
 
 
 def texture(rng: np.random.Generator, height: int, width: int, sigma: float = 2.0) -> np.ndarray:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cmpmodel.loss import bin_centres, bins_to_flow, cmp_loss, flow_to_bins
 
-STEP = 100 / 98  # px between neighbouring bin centres with the paper's 99 bins over +-50 px
+STEP = 100 / 99  # px: the width of a bin with the paper's 99 bins over +-50 px
 
 
 def flow_of(x: float, y: float) -> torch.Tensor:
@@ -32,10 +32,11 @@ def one_hot_logits(bins_x: torch.Tensor, bins_y: torch.Tensor, num_bins: int = 9
     return 30.0 * torch.cat([x, y], dim=1).float()
 
 
-def test_bin_centres_are_evenly_spaced_with_zero_in_the_middle():
+def test_bin_centres_are_the_middles_of_equal_cells_with_zero_in_the_middle():
     centres = bin_centres()
     assert centres.shape == (99,)
-    assert centres[0] == -50 and centres[98] == 50 and centres[49] == 0
+    assert centres[49] == 0
+    assert centres[0].item() == pytest.approx(-50 + STEP / 2) and centres[98] == -centres[0]
     assert torch.allclose(centres.diff(), torch.full((98,), STEP))
 
 
@@ -46,13 +47,13 @@ def test_zero_flow_is_bin_49_and_the_ends_clamp():
     assert bins[0, 0, 0].tolist() == bins[0, 1, 0].tolist() == [49, 98, 0, 98, 0, 98, 0]
 
 
-def test_every_centre_maps_to_its_own_bin_and_rounding_is_half_up():
+def test_every_centre_maps_to_its_own_bin_and_a_cell_holds_its_lower_edge():
     assert flow_to_bins(row_of(*bin_centres().tolist()))[0, 0, 0].tolist() == list(range(99))
-    # just below / above the midpoint between bins 49 and 50
+    # just below / above the edge between bins 49 and 50
     bins = flow_to_bins(row_of(0.49 * STEP, 0.51 * STEP))
     assert bins[0, 0, 0].tolist() == [49, 50]
-    # exact midpoints (5 bins over +-2 px: centres -2, -1, 0, 1, 2) go up, whatever the parity
-    bins = flow_to_bins(row_of(-1.5, -0.5, 0.5, 1.5), num_bins=5, flow_range=2.0)
+    # exact edges (5 bins over +-2.5 px: cells of 1 px from -2.5) belong to the upper cell
+    bins = flow_to_bins(row_of(-1.5, -0.5, 0.5, 1.5), num_bins=5, flow_range=2.5)
     assert bins[0, 0, 0].tolist() == [1, 2, 3, 4]
 
 
@@ -61,8 +62,8 @@ def test_x_and_y_are_quantised_separately():
 
 
 def test_other_bin_settings():
-    # 5 bins over +-2 px: centres -2, -1, 0, 1, 2
-    bins = flow_to_bins(flow_of(1.2, -0.7), num_bins=5, flow_range=2.0)
+    # 5 bins over +-2.5 px: centres -2, -1, 0, 1, 2
+    bins = flow_to_bins(flow_of(1.2, -0.7), num_bins=5, flow_range=2.5)
     assert bins.view(-1).tolist() == [3, 1]
 
 
@@ -103,7 +104,7 @@ def test_expectation_of_a_two_bin_distribution():
     # argmax picks the heavier bin, and one of the two tied ones
     argmax = bins_to_flow(logits, mode="argmax").view(-1)
     assert argmax[0].item() == pytest.approx(STEP)
-    assert abs(argmax[1].item()) == 50
+    assert abs(argmax[1].item()) == pytest.approx(50 - STEP / 2)
 
 
 def test_argmax_costs_a_quarter_step_on_uniform_values():
@@ -156,12 +157,12 @@ def test_uniform_logits_cost_two_log_bins_and_are_upsampled_to_the_target():
     assert cmp_loss(logits, flow_of(0.0, 3 * STEP).expand(1, 2, 8, 8)).item() < 1e-9
 
 
-def test_logits_are_upsampled_bilinearly_with_half_pixel_centres():
+def test_logits_are_upsampled_bilinearly_with_the_corners_aligned():
     # 3 bins over +-1 px; x logits [2, 0, 0] and [0, 0, 2] in two columns, y logits all 0.
     logits = torch.zeros(1, 6, 1, 2)
     logits[0, 0, 0, 0] = logits[0, 2, 0, 1] = 2.0
-    # stretched to 4 columns (align_corners=False): weights 1, 3/4, 1/4, 0 on the first column
-    columns = [[2.0, 0.0, 0.0], [1.5, 0.0, 0.5], [0.5, 0.0, 1.5], [0.0, 0.0, 2.0]]
+    # stretched to 4 columns (align_corners=True): weights 1, 2/3, 1/3, 0 on the first column
+    columns = [[2.0, 0.0, 0.0], [4 / 3, 0.0, 2 / 3], [2 / 3, 0.0, 4 / 3], [0.0, 0.0, 2.0]]
     # target 0 px -> bin 1 for x and y; CE(l, 1) = logsumexp(l) - l[1]
     ce_x = [math.log(sum(math.exp(v) for v in column)) for column in columns]
     expected = sum(ce_x) / 4 + math.log(3)
@@ -218,7 +219,7 @@ def test_a_stride_scores_the_centre_pixels_with_their_full_resolution_logits(hei
     logits = torch.randn(2, 198, 6, 7, generator=generator) * 5
     flow = torch.randn(2, 2, height, width, generator=generator) * 8
     valid = torch.rand(2, height, width, generator=generator) > 0.3
-    full = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+    full = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=True)
     o = stride // 2
     picked = full[:, :, o::stride, o::stride]
     target = flow_to_bins(flow[:, :, o::stride, o::stride], 99)

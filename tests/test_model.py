@@ -12,8 +12,9 @@ from cmpmodel.model import (
     CMP,
     AlexNetBN,
     ModelConfig,
-    PropagationDecoder,
+    PlainDecoder,
     ResNet50Encoder,
+    SkipDecoder,
     SparseMotionEncoder,
     TinyEncoder,
     arch_settings,
@@ -53,7 +54,8 @@ def test_every_arch_gives_198_logits_at_stride_8(models, arch):
         skip, features = model.image_encoder.features(image)
         logits = model(image, sparse)
     assert features.shape == (1, 256, 8, 8)
-    assert skip.shape == (1, model.image_encoder.skip_channels, 16, 16)
+    half, quarter = model.image_encoder.skip_channels
+    assert [tuple(t.shape) for t in skip] == [(1, half, 32, 32), (1, quarter, 16, 16)]
     assert logits.shape == (1, 198, 8, 8)
     assert model.num_bins == 99 and model.output_stride == 8
     assert torch.isfinite(logits).all()
@@ -63,7 +65,7 @@ def test_height_and_width_stay_apart(models):
     image, sparse = inputs(2, 64, 96)
     with torch.no_grad():
         assert models["tiny"](image, sparse).shape == (2, 198, 8, 12)
-        assert models["tiny"].sparse_encoder(sparse).shape == (2, 16, 8, 12)
+        assert models["tiny"].flow_encoder(sparse).shape == (2, 16, 8, 12)
 
 
 def test_the_guidance_changes_the_prediction(models):
@@ -74,13 +76,13 @@ def test_the_guidance_changes_the_prediction(models):
     assert not torch.allclose(guided, unguided)
 
 
-@pytest.mark.parametrize("arch", ["tiny", "alexnet"])
-def test_skip_variant_gives_logits_at_stride_4(arch):
+@pytest.mark.parametrize("arch", ["tiny", "alexnet", "resnet50"])
+def test_skip_variant_gives_logits_at_stride_2(arch):
     model = build_model(ModelConfig(arch=arch, skip=True)).eval()
     with torch.no_grad():
         logits = model(*inputs(1, 64, 96))
-    assert logits.shape == (1, 198, 16, 24)
-    assert model.output_stride == 4
+    assert logits.shape == (1, 198, 32, 48)
+    assert model.output_stride == 2
 
 
 @pytest.mark.parametrize("skip", [False, True])
@@ -135,36 +137,30 @@ def test_bad_inputs_raise_with_their_shapes(models, image, sparse, message):
 
 def test_parts_can_be_passed_in_and_are_checked():
     # a small decoder of 5 bins on a 16 x 16 image, as a test or a notebook would build one
-    encoder, sparse_encoder = TinyEncoder(width=4), SparseMotionEncoder()
+    encoder, flow_encoder = TinyEncoder(width=4), SparseMotionEncoder()
     model = CMP(
         image_encoder=encoder,
-        sparse_encoder=sparse_encoder,
-        decoder=PropagationDecoder(in_channels=272, out_channels=10, width=8),
+        flow_encoder=flow_encoder,
+        flow_decoder=PlainDecoder(in_channels=272, out_channels=10, width=8),
     ).eval()
     with torch.no_grad():
-        assert model(*inputs(1, 16, 16)).shape == (1, 10, 2, 2)
+        assert model(*inputs(1, 32, 32)).shape == (1, 10, 4, 4)
     with pytest.raises(ValueError, match=r"takes 200 channels .* 256 \+ 16 = 272"):
+        CMP(image_encoder=encoder, flow_encoder=flow_encoder, flow_decoder=PlainDecoder(200, 10))
+    with pytest.raises(ValueError, match=r"takes \(64, 256\) skip channels .* gives \(4, 4\)"):
         CMP(
             image_encoder=encoder,
-            sparse_encoder=sparse_encoder,
-            decoder=PropagationDecoder(200, 10),
-        )
-    with pytest.raises(ValueError, match=r"takes 32 skip channels .* gives 4"):
-        CMP(
-            image_encoder=encoder,
-            sparse_encoder=sparse_encoder,
-            decoder=PropagationDecoder(272, 10, skip_channels=32),
+            flow_encoder=flow_encoder,
+            flow_decoder=SkipDecoder(272, 10, skip_channels=(64, 256)),
         )
     with pytest.raises(ValueError, match="2 \\* num_bins"):
-        CMP(
-            image_encoder=encoder, sparse_encoder=sparse_encoder, decoder=PropagationDecoder(272, 9)
-        )
+        CMP(image_encoder=encoder, flow_encoder=flow_encoder, flow_decoder=PlainDecoder(272, 9))
 
 
 def test_decoder_refuses_a_skip_map_it_was_not_built_for():
-    decoder = PropagationDecoder(272, 10, width=8).eval()
+    decoder = PlainDecoder(272, 10, width=8).eval()
     with pytest.raises(ValueError, match="skip_channels=None"):
-        decoder(torch.zeros(1, 272, 4, 4), torch.zeros(1, 4, 8, 8))
+        decoder(torch.zeros(1, 272, 4, 4), (torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 8, 8)))
 
 
 def test_config_sets_the_bins_and_rejects_bad_values():
@@ -200,8 +196,8 @@ def test_resnet50_backbone_loads_into_torchvision_with_only_fc_missing(models):
     result = reference.load_state_dict(state, strict=False)
     assert result.missing_keys == ["fc.weight", "fc.bias"]
     assert result.unexpected_keys == []
-    assert torch.equal(reference.layer4[2].conv3.weight, encoder.backbone.layer4[2].conv3.weight)
-    assert torch.equal(reference.bn1.running_var, encoder.backbone.bn1.running_var)
+    assert torch.equal(reference.layer4[2].conv3.weight, encoder.layer4[2].conv3.weight)
+    assert torch.equal(reference.bn1.running_var, encoder.bn1.running_var)
     with pytest.raises(ValueError, match="TinyEncoder"):
         resnet50_backbone_state_dict(TinyEncoder())
 
@@ -221,3 +217,21 @@ def test_alexnet_layers_keep_their_names_and_fc_width():
     assert names[:5] == ["conv1", "pool1", "conv2", "pool2", "conv3"]
     assert encoder.fc6[0].out_channels == encoder.fc7[0].out_channels == 64
     assert encoder.fc6[0].kernel_size == (3, 3) and encoder.fc7[0].kernel_size == (1, 1)
+
+
+def test_alexnet_at_stride_32_is_the_originals_released_layout():
+    model = build_model(ModelConfig(arch="alexnet", stride=32)).eval()
+    with torch.no_grad():
+        assert model(*inputs(1, 128, 160)).shape == (1, 198, 4, 5)
+    assert model.stride == model.output_stride == 32 and model.min_side == 128
+    with pytest.raises(ValueError, match="stride 32"):
+        ModelConfig(arch="resnet50", stride=32)
+    with pytest.raises(ValueError, match="skip decoder"):
+        ModelConfig(arch="alexnet", stride=32, skip=True)
+
+
+def test_an_image_smaller_than_the_coarsest_branch_is_refused_by_size(models):
+    skip = build_model(ModelConfig(arch="tiny", skip=True, tiny_width=4, decoder_width=8)).eval()
+    assert skip.min_side == 64 and models["tiny"].min_side == 32
+    with pytest.raises(ValueError, match=r"at least 64 px.*\(1, 3, 48, 64\)"):
+        skip(*inputs(1, 48, 64))

@@ -26,7 +26,7 @@ from cmpdata.store.codec import FlowCodec
 from cmpdata.store.shards import encode_sample, shard_name, write_shard
 from cmpdata.synth.clips import SynthConfig, SyntheticClip
 from cmpmodel.cli import main
-from cmpmodel.model import TinyEncoder, build_model
+from cmpmodel.model import MODEL_FORMAT, TinyEncoder, build_model
 from cmpmodel.train import (
     CheckpointError,
     TrainConfig,
@@ -121,7 +121,7 @@ def test_one_step_changes_the_weights_and_logs_a_finite_loss(data, tmp_path):
     model, _ = load_model(summary["checkpoint"])
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])]
     assert any(k.startswith("image_encoder") for k in changed)
-    assert any(k.startswith("decoder.output") for k in changed)
+    assert any(k.startswith("flow_decoder.head") for k in changed)
     (row,) = read_log(tmp_path / "run")
     assert row["step"] == 1 and row["lr"] == pytest.approx(0.01)
     assert 2 * np.log(99) - 1 < row["loss"] < 2 * np.log(99) + 1
@@ -221,6 +221,7 @@ def test_export_encoder_resnet50_loads_into_torchvision(tmp_path):
     save_atomic(
         {
             "model": model.state_dict(),
+            "model_format": MODEL_FORMAT,
             "model_config": plain(config.model_config()),
             "config": plain(config),
             "step": 0,

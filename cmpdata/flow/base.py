@@ -30,6 +30,8 @@ class FlowBackend(ABC):
     name: str = ""
     #: smallest frame height and width (px) the backend accepts
     min_side: int = 1
+    #: whether the backend reads a weights file (``weights=FILE``, ``--flow-weights FILE``)
+    takes_weights: bool = False
 
     def __call__(
         self, frames0: Sequence[np.ndarray], frames1: Sequence[np.ndarray]

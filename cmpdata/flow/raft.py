@@ -13,18 +13,14 @@ resized back to the frame's size with its vectors scaled.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import numpy as np
-
 from cmpdata.errors import ConfigError, FlowWeightsError
-from cmpdata.flow.base import FlowBackend, register_flow, resize_flow
+from cmpdata.flow.base import register_flow
+from cmpdata.flow.network import NetworkFlow
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +32,6 @@ MIN_SIDE = 16
 MIN_NETWORK_SIDE = 128
 #: RAFT's feature maps are 1/8 of the input, so its sides must be multiples of this
 SIZE_MULTIPLE = 8
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def network_sizes(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -68,31 +63,15 @@ def network_sizes(height: int, width: int) -> tuple[tuple[int, int], tuple[int, 
     return resized, padded
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class RaftFlow(FlowBackend):
+class RaftFlow(NetworkFlow):
     """torchvision's RAFT; the variants below pick the architecture.
 
-    - ``weights``: a checkpoint file (a state_dict, or a dict holding one under
-      ``'state_dict'`` or ``'model'``). ``None`` looks for torchvision's published checkpoint in
-      its cache, :meth:`default_weights_path`.
-    - ``device``: ``"auto"`` (CUDA when available, else CPU) or a torch device string.
-    - ``precision``: ``"fp32"``, or ``"fp16"`` / ``"bf16"`` autocast, on CUDA only (refused
-      on the CPU, where bf16 autocast is slow on most processors and fp16 unsupported).
-    - ``num_flow_updates``: RAFT's refinement iterations; the last prediction is returned.
-    - ``batch_size``: pairs per forward pass; pairs are grouped by size first.
-    - ``random_init``: run with random weights (seeded, so repeatable). For tests and speed
-      benchmarks only: the flow is meaningless.
-
-    Building the model never changes the caller's torch random state. Raises
-    ``FlowWeightsError`` when the weights are missing, unreadable or not this variant's, and
-    ``ValueError`` for invalid settings or (per call) frames under :data:`MIN_SIDE` px.
+    Settings as :class:`~cmpdata.flow.network.NetworkFlow`'s, plus ``num_flow_updates``:
+    RAFT's refinement iterations (the last prediction is returned). The weights file is a
+    state dict of torchvision's model (or a dict holding one under ``'state_dict'`` or
+    ``'model'``); ``None`` looks for torchvision's published checkpoint in its cache,
+    :meth:`default_weights_path`. Raises ``ValueError`` (per call) for frames under
+    :data:`MIN_SIDE` px.
     """
 
     min_side = MIN_SIDE
@@ -100,46 +79,20 @@ class RaftFlow(FlowBackend):
     builder: str = ""
     weights_enum: str = ""
 
-    def __init__(
-        self,
-        weights: str | Path | None = None,
-        device: str = "auto",
-        precision: str = "fp32",
-        num_flow_updates: int = 12,
-        batch_size: int = 8,
-        random_init: bool = False,
-    ) -> None:
-        import torch
-        from torchvision.models import optical_flow
-
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; choose one of: {PRECISIONS}")
+    def __init__(self, *args: Any, num_flow_updates: int = 12, **options: Any) -> None:
         if num_flow_updates < 1:
             raise ConfigError(f"num_flow_updates must be at least 1, got {num_flow_updates}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        if random_init and weights is not None:
-            raise ConfigError(f"give weights ({weights}) or random_init=True, not both")
-        self.device = _resolve_device(device)
-        if precision != "fp32" and self.device.type != "cuda":
-            raise ConfigError(
-                f"precision {precision!r} needs a CUDA device, not {self.device}; "
-                "use precision='fp32'"
-            )
-        self.precision = precision
         self.num_flow_updates = int(num_flow_updates)
-        self.batch_size = int(batch_size)
-        self.random_init = bool(random_init)
+        super().__init__(*args, **options)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            self.model = getattr(optical_flow, self.builder)(weights=None, progress=False)
-        self.weights_path: Path | None = None
-        if not random_init:
-            self.weights_path = Path(weights) if weights is not None else self._cached_weights()
-            self._load(self.weights_path)
-        self._sha256 = sha256_file(self.weights_path) if self.weights_path else None
-        self.model.eval().to(self.device)
+    def build(self) -> torch.nn.Module:
+        from torchvision.models import optical_flow
+
+        return getattr(optical_flow, self.builder)(weights=None, progress=False)
+
+    @property
+    def network_name(self) -> str:
+        return f"torchvision's {self.builder}"
 
     @classmethod
     def default_weights_path(cls) -> Path:
@@ -150,7 +103,7 @@ class RaftFlow(FlowBackend):
         url = getattr(optical_flow, cls.weights_enum).DEFAULT.url
         return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
-    def _cached_weights(self) -> Path:
+    def default_weights(self) -> Path:
         from torchvision.models import optical_flow
 
         path = self.default_weights_path()
@@ -163,108 +116,26 @@ class RaftFlow(FlowBackend):
             )
         return path
 
-    def _load(self, path: Path) -> None:
-        import torch
+    def check_size(self, height: int, width: int) -> None:
+        network_sizes(height, width)
 
-        if not path.is_file():
-            raise FlowWeightsError(f"{path}: no such weights file")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        # torch.load fails with many exception types (unpickling, zip, EOF, ...): all mean
-        # the same thing to the user
-        except Exception as e:
-            raise FlowWeightsError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
-        state = checkpoint
-        if isinstance(checkpoint, dict):
-            for key in ("state_dict", "model"):
-                if isinstance(checkpoint.get(key), dict):
-                    state = checkpoint[key]
-                    break
-        if not (
-            isinstance(state, dict)
-            and state
-            and all(isinstance(v, torch.Tensor) for v in state.values())
-        ):
-            raise FlowWeightsError(f"{path}: holds no state_dict of tensors")
-        # checkpoints saved from a DistributedDataParallel wrapper prefix every key
-        if all(k.startswith("module.") for k in state):
-            state = {k.removeprefix("module."): v for k, v in state.items()}
-        try:
-            result = self.model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # tensor shapes that do not match the architecture
-            raise FlowWeightsError(
-                f"{path}: does not fit torchvision's {self.builder}: {str(e).strip()}"
-            ) from e
-        if result.missing_keys or result.unexpected_keys:
-            raise FlowWeightsError(
-                f"{path}: not weights of torchvision's {self.builder}: "
-                f"{_some_keys(result.missing_keys)} missing, "
-                f"{_some_keys(result.unexpected_keys)} unexpected"
-            )
-
-    def compute(
-        self, frames0: Sequence[np.ndarray], frames1: Sequence[np.ndarray]
-    ) -> list[np.ndarray]:
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, frame in enumerate(frames0):
-            groups.setdefault(frame.shape[:2], []).append(i)
-        # every size is checked before any work is done
-        sizes = {size: network_sizes(*size) for size in groups}
-        flows: dict[int, np.ndarray] = {}
-        for size, indices in groups.items():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                batch = self._flow_batch(
-                    np.stack([frames0[i] for i in chunk]),
-                    np.stack([frames1[i] for i in chunk]),
-                    *sizes[size],
-                )
-                for i, flow in zip(chunk, batch, strict=True):
-                    flows[i] = flow
-        return [flows[i] for i in range(len(frames0))]
-
-    def _flow_batch(
-        self,
-        first: np.ndarray,
-        second: np.ndarray,
-        resized: tuple[int, int],
-        padded: tuple[int, int],
-    ) -> list[np.ndarray]:
-        """Flows of N pairs of one size: ``first``, ``second`` are (N, H, W, 3) uint8."""
+    def infer(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
-        n, height, width = first.shape[:3]
-        if self.precision == "fp32":
-            autocast = contextlib.nullcontext()
-        else:
-            dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-            autocast = torch.autocast(self.device.type, dtype=dtype)
-        with torch.inference_mode():
-            images = torch.from_numpy(np.concatenate([first, second])).to(self.device)
-            images = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            if resized != (height, width):
-                images = F.interpolate(images, size=resized, mode="bilinear", align_corners=False)
-            if padded != resized:
-                pad = (0, padded[1] - resized[1], 0, padded[0] - resized[0])
-                images = F.pad(images, pad, mode="replicate")
-            with autocast:
-                predictions = self.model(
-                    images[:n], images[n:], num_flow_updates=self.num_flow_updates
-                )
-            flow = predictions[-1][:, :, : resized[0], : resized[1]]
-            flow = flow.float().permute(0, 2, 3, 1).cpu().numpy()
-        return [resize_flow(np.ascontiguousarray(f), (height, width)) for f in flow]
+        resized, padded = network_sizes(*first.shape[2:])
+        images = torch.cat([first, second]) / 127.5 - 1.0
+        if resized != tuple(images.shape[2:]):
+            images = F.interpolate(images, size=resized, mode="bilinear", align_corners=False)
+        if padded != resized:
+            pad = (0, padded[1] - resized[1], 0, padded[0] - resized[0])
+            images = F.pad(images, pad, mode="replicate")
+        n = len(first)
+        predictions = self.model(images[:n], images[n:], num_flow_updates=self.num_flow_updates)
+        return predictions[-1][:, :, : resized[0], : resized[1]]
 
     def params(self) -> dict[str, Any]:
-        return {
-            "num_flow_updates": self.num_flow_updates,
-            "precision": self.precision,
-            "random_init": self.random_init,
-        }
-
-    def weights_sha256(self) -> str | None:
-        return self._sha256
+        return {"num_flow_updates": self.num_flow_updates, **super().params()}
 
 
 @register_flow("raft-small")
@@ -281,24 +152,3 @@ class RaftLargeFlow(RaftFlow):
 
     builder = "raft_large"
     weights_enum = "Raft_Large_Weights"
-
-
-def _resolve_device(device: str) -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {device!r}: {e}") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here")
-    return resolved
-
-
-def _some_keys(keys: list[str], shown: int = 4) -> str:
-    if not keys:
-        return "no keys"
-    more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
-    return f"{len(keys)} keys ({', '.join(keys[:shown])}{more})"
