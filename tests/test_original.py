@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -155,17 +156,21 @@ def converted(tmp_path_factory) -> Path:
     return out
 
 
-def test_the_command_writes_a_checkpoint_the_other_commands_use(converted, tmp_path, capsys):
+def test_the_command_writes_a_checkpoint_the_other_commands_use(converted, real_clips, tmp_path):
     _, checkpoint = load_model(converted)
     assert (
         checkpoint["step"] == 42000 and checkpoint["original"]["file"] == "ckpt_iter_42000.pth.tar"
     )
     assert checkpoint["model_config"]["skip"] is True
     image = tmp_path / "frame.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 70, 3), np.uint8)).save(image)
+    capture = cv2.VideoCapture(str(real_clips["bikes"]))  # a real camera frame, 640 x 272
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    Image.fromarray(frame[:, :, ::-1]).save(image)
     picture = tmp_path / "propagate.png"
     argv = ["propagate", "--checkpoint", str(converted), "--image", str(image)]
-    assert main([*argv, "--guide", "10,12,3,-2", "--out", str(picture)]) == 0
+    assert main([*argv, "--guide", "320,136,6,-2", "--out", str(picture)]) == 0
     assert picture.stat().st_size > 0
     encoder = tmp_path / "encoder.pth"
     assert main(["export-encoder", "--checkpoint", str(converted), "--out", str(encoder)]) == 0
