@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from cmpdata.errors import ConfigError
+from cmpdata.flow.network import some_keys
 from cmpmodel.loss import FLOW_RANGE
 from cmpmodel.model import MODEL_FORMAT, STRIDE, ModelConfig, build_model
 from cmpmodel.train import (
@@ -43,12 +44,6 @@ from cmpmodel.train import (
 )
 
 ALEXNET_RELEASED_STRIDE = 32  # the original's AlexNet configurations: alexnet_fcn_32x
-_SHOWN = 4  # keys named in an error, at most
-
-
-def _named(keys: list[str]) -> str:
-    more = f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-    return ", ".join(keys[:_SHOWN]) + more
 
 
 def original_config(
@@ -120,8 +115,7 @@ def convert_state(
     if unexpected or missing:
         raise ConfigError(
             f"not an original CMP {config.arch} checkpoint: "
-            f"{len(unexpected)} unexpected keys ({_named(unexpected) or 'none'}), "
-            f"{len(missing)} missing ({_named(missing) or 'none'})"
+            f"{some_keys(unexpected)} unexpected, {some_keys(missing)} missing"
         )
     shapes = [k for k, v in converted.items() if v.shape != ours[k].shape]
     if shapes:

@@ -41,6 +41,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cmpdata.errors import FlowWeightsError
 from cmpdata.flow.base import register_flow
 from cmpdata.flow.network import NetworkFlow
 
@@ -316,8 +317,6 @@ class LiteFlowNetFlow(NetworkFlow):
         return "LiteFlowNet (the network-*.pytorch files of its PyTorch port)"
 
     def default_weights(self) -> Path:
-        from cmpdata.errors import FlowWeightsError
-
         raise FlowWeightsError(
             "liteflownet needs weights: pass --flow-weights FILE (weights=FILE in Python), "
             "a network-default/-sintel/-kitti.pytorch file of the PyTorch LiteFlowNet port "
