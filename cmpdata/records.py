@@ -14,7 +14,7 @@ malformed fails at its boundary, with the shapes in the message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -99,7 +99,9 @@ class FramePair:
     """Two frames of one source, ``t1 = t0 + gap``, already cropped and resized.
 
     ``crop`` is the (x0, y0, x1, y1) box kept from the decoded frame (letterbox borders
-    removed), ``scale`` the (sx, sy) factors from that box to the stored frames.
+    removed), ``scale`` the (sx, sy) factors from that box to the stored frames. ``extras``
+    are optional parts stored with the sample (a synthetic clip's exact flow and object ids,
+    :mod:`cmpdata.synth.truth`).
     """
 
     source_id: str
@@ -109,6 +111,7 @@ class FramePair:
     frame1: np.ndarray
     crop: tuple[int, int, int, int] | None = None
     scale: tuple[float, float] = (1.0, 1.0)
+    extras: Mapping[str, bytes] = field(default_factory=dict)
     sample_id: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""The ``cmpmodel`` command: train, eval, propagate, export-encoder, convert-original.
+"""The ``cmpmodel`` command: train, eval, probe, propagate, export-encoder, convert-original.
 
 Each command parses its arguments and calls one library function. A user's mistake (a bad
 option, a missing or unusable path or checkpoint) prints one line and exits with status 2,
@@ -21,7 +21,8 @@ from cmpdata.errors import ConfigError, UsageError
 from cmpdata.options import Parser, load_options_file, run_command
 from cmpdata.paths import check_output_file
 from cmpmodel import __version__
-from cmpmodel.evaluate import evaluate, format_table
+from cmpmodel.evaluate import evaluate, format_table, plot_curve
+from cmpmodel.probe import LR, STEPS, format_probe, probe
 from cmpmodel.propagate import propagate
 from cmpmodel.train import TrainConfig, export_encoder, train
 
@@ -36,7 +37,11 @@ _TRAIN_OVERRIDES = (
     "workers",
     "crop",
     "loss_stride",
+    "random_guides",
     "seed",
+    "val_every",
+    "val_samples",
+    "tensorboard",  # --no-tensorboard: False when given, None (not given) otherwise
 )
 
 
@@ -82,6 +87,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_file(args.json, (".json",))
     result = evaluate(args.data, args.checkpoint, args.split, args.max_samples, args.guidance_seed)
     print(format_table(result))
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        picture = plot_curve(result, Path(args.json).with_suffix(".png"))
+        print(f"{args.json}, {picture}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    if args.json is not None:
+        check_output_file(args.json, (".json",))
+    result = probe(args.data, args.checkpoint, args.steps, args.lr, args.max_samples, args.seed)
+    print(format_probe(result))
     if args.json is not None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -135,7 +152,9 @@ def build_parser() -> Parser:
 
     train = parser.command("train", help="train CMP (torchrun for several processes)")
     train.add_argument("--data", nargs="+", help="dataset directories")
-    train.add_argument("--out", help="run directory (log.csv, pictures/, checkpoint.pt)")
+    train.add_argument(
+        "--out", help="run directory (log.csv, pictures/, checkpoint.pt, tensorboard/)"
+    )
     train.add_argument("--config", help="YAML file of TrainConfig keys")
     train.add_argument("--arch", help=f"image encoder: alexnet, resnet50, tiny{_default('arch')}")
     train.add_argument(
@@ -160,7 +179,35 @@ def build_parser() -> Parser:
         help="score every n-th pixel in each direction (default 1, the paper's; "
         "4 makes the loss ~16x cheaper, for CPU runs)",
     )
+    train.add_argument(
+        "--random-guides",
+        type=int,
+        metavar="K",
+        help="guidance of each crop: k pixels at random, k uniform in 1..K, instead of the "
+        f"paper's sampler (0){_default('random_guides')}",
+    )
     train.add_argument("--seed", type=int, help=f"seed of the run{_default('seed')}")
+    train.add_argument(
+        "--val-every",
+        type=int,
+        metavar="N",
+        help="every N steps and at the last, log the model's and the nearest-guide "
+        "baseline's EPE (px) on the val split, as eval scores them; 0: never"
+        + _default("val_every"),
+    )
+    train.add_argument(
+        "--val-samples",
+        type=int,
+        metavar="N",
+        help=f"validate on the val split's first N samples{_default('val_samples')}",
+    )
+    train.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        default=None,
+        help="do not write RUN/tensorboard (written by default when tensorboard is installed)",
+    )
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument(
         "--skip-damaged",
@@ -175,8 +222,32 @@ def build_parser() -> Parser:
     ev.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate")
     ev.add_argument("--max-samples", type=int, help="evaluate at most N samples (default: all)")
     ev.add_argument("--guidance-seed", type=int, default=0, help="seed of the guidance draws")
-    ev.add_argument("--json", help="also write the result to this JSON file")
+    ev.add_argument(
+        "--json", help="also write the result to this JSON file, and its curve to a PNG beside"
+    )
     ev.set_defaults(func=cmd_eval)
+
+    pr = parser.command(
+        "probe",
+        help="linear probe of the image encoder (moving object vs background), against the "
+        "same encoder at random init",
+    )
+    pr.add_argument(
+        "--data", nargs="+", required=True, help="dataset directories of synthetic clips"
+    )
+    pr.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
+    pr.add_argument(
+        "--steps", type=int, default=STEPS, help=f"Adam steps of the head (default: {STEPS})"
+    )
+    pr.add_argument(
+        "--lr", type=float, default=LR, help=f"Adam learning rate of the head (default: {LR:g})"
+    )
+    pr.add_argument("--max-samples", type=int, help="at most N frames of each split (default: all)")
+    pr.add_argument(
+        "--seed", type=int, default=0, help="seed of the random encoder and of the head's batches"
+    )
+    pr.add_argument("--json", help="also write the result to this JSON file")
+    pr.set_defaults(func=cmd_probe)
 
     prop = parser.command("propagate", help="propagate given guides over one image")
     prop.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")

@@ -67,6 +67,9 @@ class TrainTransformConfig:
     flip: bool = True  # mirror half of the crops left-right (flow x negated, guidance redrawn)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig.resnet)  # redraw settings
     use_stored_guidance: bool = False  # crop/mirror the extraction's guidance instead of redrawing
+    # > 0: instead of ``guidance``, k guides drawn uniformly among a crop's valid pixels, k
+    # uniform in 1..random_guides per crop (a model for a few guides; the paper's sampler: 0)
+    random_guides: int = 0
     seed: int = 0  # with the sample id and the epoch, seeds every crop, flip and guidance draw
     mean: tuple[float, float, float] = RGB_MEAN  # RGB mean subtracted, 0-255 scale
     std: tuple[float, float, float] = RGB_STD  # RGB standard deviation divided by, 0-255 scale
@@ -85,6 +88,8 @@ class TrainTransformConfig:
             object.__setattr__(self, name, values)
         if min(self.std) <= 0:
             raise ConfigError(f"std must be positive, got {self.std}")
+        if self.random_guides < 0:
+            raise ConfigError(f"random_guides must be >= 0, got {self.random_guides}")
 
 
 def cut_window(
@@ -168,6 +173,22 @@ def model_inputs(
     }
 
 
+def guidance_at(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> Guidance:
+    """The guidance of the pixels (``xs``, ``ys``): their vectors of ``flow`` (H, W, 2) px."""
+    points = np.stack([xs, ys], axis=1).astype(np.float32)
+    return Guidance(points, np.ascontiguousarray(flow[ys, xs], dtype=np.float32))
+
+
+def random_guidance(
+    flow: np.ndarray, valid: np.ndarray, count: int, rng: np.random.Generator
+) -> Guidance:
+    """``count`` distinct pixels drawn uniformly among the ``valid`` ones (all of them when
+    fewer), each with its vector of ``flow`` (float32 (H, W, 2) px)."""
+    ys, xs = np.nonzero(valid)
+    chosen = np.sort(rng.choice(len(ys), size=min(count, len(ys)), replace=False))
+    return guidance_at(flow, ys[chosen], xs[chosen])
+
+
 def crop_inputs(
     sample: StoredSample,
     config: TrainTransformConfig,
@@ -179,7 +200,8 @@ def crop_inputs(
 ) -> dict[str, Any]:
     """The inputs of the ``config.crop`` square window at (``top``, ``left``), mirrored when
     ``flip``; the guidance is drawn on the window with ``sampler`` and ``rng`` (invalid and
-    padded pixels excluded), or is the stored one when ``config.use_stored_guidance``."""
+    padded pixels excluded), or at random (``config.random_guides``), or is the stored one
+    when ``config.use_stored_guidance``."""
     size = config.crop
     image, flow, valid = cut_window(sample, top, left, size, size, config.mean, config.std)
     if flip:
@@ -188,6 +210,9 @@ def crop_inputs(
         h, w = sample.flow.shape[:2]
         rows, cols = min(size, h - top), min(size, w - left)
         guidance = window_guidance(sample.guidance, top, left, rows, cols, size if flip else None)
+    elif config.random_guides:
+        count = int(rng.integers(1, config.random_guides + 1))
+        guidance = random_guidance(flow, valid, count, rng)
     else:
         guidance = sampler(flow, rng, valid)
     return model_inputs(sample.sample_id, image, flow, valid, guidance)
@@ -250,12 +275,14 @@ def eval_inputs(
     std: Sequence[float] = RGB_STD,
     multiple: int = STRIDE,
     min_side: int = 1,
+    guidance: Guidance | None = None,
 ) -> dict[str, Any]:
     """The whole frame of ``sample`` as model inputs, with the guidance every method shares.
 
     The guidance is drawn on the unpadded flow (invalid pixels excluded) with
     ``build_sampler(guidance_config)`` and ``sample_rng(seed, sample_id)``, no epoch; with
-    ``guidance_config=None`` it is the guidance stored at extraction. The tensors (module
+    ``guidance_config=None`` it is the guidance stored at extraction; a ``guidance`` given is
+    used as it is (``guidance_config`` and ``seed`` then play no part). The tensors (module
     docstring) are padded at the bottom and right to multiples of ``multiple`` px (the model's
     stride) and to at least ``min_side`` (the model's), padding invalid; the
     dict also holds ``"size"``, the unpadded (H, W), to crop predictions back, and
@@ -263,9 +290,9 @@ def eval_inputs(
     the sample's arrays disagree in size.
     """
     h, w = sample.flow.shape[:2]
-    if guidance_config is None:
+    if guidance is None and guidance_config is None:
         guidance = sample.guidance
-    else:
+    elif guidance is None:
         sampler = build_sampler(guidance_config)
         guidance = sampler(sample.flow, sample_rng(seed, sample.sample_id), sample.valid)
     padded_h, padded_w = (max(-(-side // multiple) * multiple, min_side) for side in (h, w))

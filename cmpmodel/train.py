@@ -12,10 +12,19 @@ Mixed precision (bfloat16) is one ``torch.autocast`` context, on CUDA only. Dist
 parallel training switches on when ``torchrun`` sets ``WORLD_SIZE`` > 1: one process per GPU
 (NCCL) or per CPU worker (gloo); rank 0 alone logs and writes.
 
-Everything goes to ``config.out``: ``log.csv`` (step, epoch, loss, lr, samples/s),
-``pictures/step-NNNNNNN.png`` (input with guidance | predicted flow | target flow),
-``checkpoint.pt`` (written atomically) and TensorBoard events when ``tensorboard`` is
-installed. A checkpoint holds only tensors and plain Python values (``torch.load(...,
+Everything goes to ``config.out``: ``log.csv`` (step, epoch, loss, lr, samples/s, and the
+validation EPEs at the steps that have them), ``pictures/step-NNNNNNN.png`` (input with
+guidance | predicted flow | target flow), ``checkpoint.pt`` (written atomically) and, unless
+``config.tensorboard`` is off, ``tensorboard/`` (the same scalars and pictures, when the
+``tensorboard`` package is installed; a warning says so when it is not).
+
+With ``config.val_every``, every that many steps and at the last one the model's and the
+nearest-guide baseline's mean end-point error (px) on a fixed validation subset are logged
+(:class:`Validation`): the first ``config.val_samples`` samples of the val split, whole
+frames, scored as ``cmpmodel eval`` scores them. Validation leaves the random state alone,
+so a run with it trains exactly as one without it.
+
+A checkpoint holds only tensors and plain Python values (``torch.load(...,
 weights_only=True)`` reads it): the model, the optimizer, the step, the position in the
 epoch, the RNG states and the configs as dicts. ``resume=True`` continues from it: the data
 order is a function of (seed, epoch), so the batches already consumed in the current epoch
@@ -32,7 +41,8 @@ import os
 import pickle
 import re
 import time
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +61,13 @@ from cmpdata.records import Guidance
 from cmpdata.store.dataset import ShardDataset
 from cmpdata.store.shards import ShardError
 from cmpdata.viz import draw_guidance, flow_to_color, panel, save_png
-from cmpmodel.data import DamagedItem, TrainTransform, TrainTransformConfig, make_train_loader
+from cmpmodel.data import (
+    DamagedItem,
+    TrainTransform,
+    TrainTransformConfig,
+    eval_inputs,
+    make_train_loader,
+)
 from cmpmodel.loss import cmp_loss, dense_flow
 from cmpmodel.model import (
     ARCHS,
@@ -75,7 +91,10 @@ LOG = "log.csv"
 PICTURES = "pictures"
 PAPER_LR = 0.1  # the paper's learning rate ...
 PAPER_BATCH = 160  # ... for this total batch (10 per GPU on 16 GPUs)
-LOG_COLUMNS = ("step", "epoch", "loss", "lr", "samples_per_s")
+LOG_COLUMNS = ("step", "epoch", "loss", "lr", "samples_per_s", "val_epe", "val_epe_nearest")
+TENSORBOARD = "tensorboard"  # the directory of the TensorBoard events in the run directory
+# The guidance seed of validation: the default of ``cmpmodel eval``, so the two report alike.
+VAL_GUIDANCE_SEED = 0
 
 
 class CheckpointError(FileError, UsageError):
@@ -105,14 +124,18 @@ class TrainConfig:
     loss_stride: int = 1  # score every n-th pixel only (cmp_loss stride): 1 is the paper's
     flip: bool = True  # random horizontal flips
     use_stored_guidance: bool = False  # crop the extraction's guidance instead of redrawing it
+    random_guides: int = 0  # > 0: k random guides a crop, k uniform in 1..this (0: the paper's)
     skip_damaged: bool = False  # leave damaged shards out (with a warning) instead of failing
     workers: int = 4  # DataLoader worker processes per training process
     seed: int = 0  # seeds the model init, the data order, crops, flips and guidance
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
-    log_every: int = 20  # steps between log.csv rows (and TensorBoard scalars)
+    log_every: int = 20  # steps between log.csv rows and TensorBoard scalars (+ validations)
     ckpt_every: int = 1000  # steps between checkpoints (and one at the end)
     keep_checkpoints: bool = False  # also keep checkpoint-<step>.pt at every checkpoint
     picture_every: int = 1000  # steps between pictures in out/pictures; 0: none
+    val_every: int = 0  # steps between validations (and one at the end); 0: none
+    val_samples: int = 16  # validate on the first this many samples of the val split
+    tensorboard: bool = True  # also write out/tensorboard (when the package is installed)
     resume: bool = False  # continue from out/checkpoint.pt
 
     def __post_init__(self) -> None:
@@ -122,10 +145,17 @@ class TrainConfig:
         self.out = str(self.out)
         self.lr_steps = tuple(float(f) for f in self.lr_steps)
         ARCHS.get(self.arch)
-        for name in ("iters", "batch_size", "log_every", "ckpt_every", "loss_stride"):
+        for name in (
+            "iters",
+            "batch_size",
+            "log_every",
+            "ckpt_every",
+            "loss_stride",
+            "val_samples",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_iters", "workers", "picture_every"):
+        for name in ("warmup_iters", "workers", "picture_every", "val_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
@@ -150,6 +180,7 @@ class TrainConfig:
             flip=self.flip,
             guidance=settings.guidance,
             use_stored_guidance=self.use_stored_guidance,
+            random_guides=self.random_guides,
             seed=self.seed,
         )
 
@@ -409,11 +440,31 @@ def training_picture(
     )
 
 
-class RunLog:
-    """``log.csv`` (its rows up to the resumed step kept on resume) and TensorBoard scalars
-    when TensorBoard is installed."""
+def open_tensorboard(path: Path, resume_step: int | None) -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``path``, or None, with one warning
+    saying how to get it, when the ``tensorboard`` package is missing. On resume the events a
+    crashed run wrote after step ``resume_step`` are dropped, as ``log.csv``'s rows are."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        warnings.warn(
+            f"no TensorBoard logging, the tensorboard package is missing ({exc}): log.csv and "
+            "pictures/ are the record; pip install tensorboard (make test and make demo "
+            "install it) to have them in TensorBoard too",
+            stacklevel=3,
+        )
+        return None
+    purge_step = None if resume_step is None else resume_step + 1
+    return SummaryWriter(str(path), purge_step=purge_step)
 
-    def __init__(self, out: Path, resume_step: int | None) -> None:
+
+class RunLog:
+    """What rank 0 records of a run: ``log.csv`` (its rows up to the resumed step kept on
+    resume), ``pictures/`` and, with ``tensorboard``, the same scalars and pictures in
+    ``out/tensorboard`` (:func:`open_tensorboard`)."""
+
+    def __init__(self, out: Path, resume_step: int | None, tensorboard: bool) -> None:
+        self.out = out
         path = out / LOG
         kept: list[list[str]] = []
         if resume_step is not None and path.exists():
@@ -424,19 +475,36 @@ class RunLog:
         self.file = path.open("w", newline="")
         self.writer = csv.writer(self.file)
         self.writer.writerows([LOG_COLUMNS, *kept])
-        self.tensorboard = None
-        # TensorBoard is optional: without the package the CSV log is the record.
-        with contextlib.suppress(ImportError):
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
-
-    def write(self, step: int, epoch: int, loss: float, lr: float, samples_per_s: float) -> None:
-        self.writer.writerow([step, epoch, repr(loss), repr(lr), f"{samples_per_s:.2f}"])
         self.file.flush()
+        self.tensorboard = open_tensorboard(out / TENSORBOARD, resume_step) if tensorboard else None
+
+    def write(
+        self,
+        step: int,
+        epoch: int,
+        loss: float,
+        lr: float,
+        samples_per_s: float,
+        val: tuple[float, float] | None = None,
+    ) -> None:
+        """One row: ``val`` is (model EPE, nearest-guide EPE), px, at a validation step."""
+        epes = ["", ""] if val is None else [repr(v) for v in val]
+        with stopped_by_failed_write(self.out / LOG, _RESUME):
+            self.writer.writerow([step, epoch, repr(loss), repr(lr), f"{samples_per_s:.2f}", *epes])
+            self.file.flush()
         if self.tensorboard is not None:
-            for name, value in (("loss", loss), ("lr", lr), ("samples_per_s", samples_per_s)):
+            scalars = {"loss": loss, "lr": lr, "samples_per_s": samples_per_s}
+            if val is not None:
+                scalars.update(val_epe=val[0], val_epe_nearest=val[1])
+            for name, value in scalars.items():
                 self.tensorboard.add_scalar(name, value, step)
+
+    def picture(self, step: int, picture: np.ndarray) -> None:
+        """``pictures/step-NNNNNNN.png`` and the TensorBoard image ``picture`` at ``step``."""
+        with stopped_by_failed_write(self.out / PICTURES, _RESUME):
+            save_png(self.out / PICTURES / f"step-{step:07d}.png", picture)
+        if self.tensorboard is not None:
+            self.tensorboard.add_image("picture", picture, step, dataformats="HWC")
 
     def close(self) -> None:
         self.file.close()
@@ -445,9 +513,80 @@ class RunLog:
 
 
 def read_log(out: str | Path) -> list[dict[str, float]]:
-    """The rows of ``out/log.csv`` as dicts of numbers."""
+    """The rows of ``out/log.csv`` as dicts of numbers; an empty cell (the validation EPEs at
+    a step without validation) is NaN."""
     with (Path(out) / LOG).open(newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [
+            {k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)
+        ]
+
+
+class Validation:
+    """The model's and the nearest-guide baseline's mean end-point errors (px) on a fixed
+    validation subset: the first ``config.val_samples`` samples of the val split of
+    ``shards``, whole frames, with guidance drawn by the training guidance settings and
+    :data:`VAL_GUIDANCE_SEED`, scored as ``cmpmodel eval`` scores them (pixel-weighted over
+    the valid pixels; :mod:`cmpmodel.evaluate`).
+
+    It leaves every random state alone: the guidance comes from generators seeded per sample,
+    and the model runs in eval mode (no dropout, batch-norm statistics untouched), so a run
+    that validates trains exactly as one that does not. Raises :class:`UsageError` when the
+    val split is empty.
+    """
+
+    def __init__(self, config: TrainConfig, shards: Sequence[str | Path]) -> None:
+        self.dataset = ShardDataset(list(shards), split="val")
+        if len(self.dataset) == 0:
+            raise UsageError(
+                f"{', '.join(config.data)}: no val samples to validate on every "
+                f"{config.val_every} steps; give data with a val split, or val_every 0"
+            )
+        self.count = min(config.val_samples, len(self.dataset))
+        self.transform = config.transform_config()
+        self.flow_range = config.model_config().flow_range
+
+    def __call__(self, model: CMP, device: torch.device) -> tuple[float, float]:
+        """(model EPE, nearest-guide EPE), px, NaN without valid pixels; ``model`` is left in
+        train mode. Raises :class:`ShardError` naming the shard of a damaged sample."""
+        # cmpmodel.evaluate imports this module.
+        from cmpmodel.evaluate import model_flow, nearest_flow
+
+        sums, pixels = [0.0, 0.0], 0
+        model.eval()
+        try:
+            for index in range(self.count):
+                try:
+                    sample = self.dataset[index]
+                except ShardError as exc:
+                    raise ShardError(exc.path, f"{exc.reason}; {_DAMAGED}") from None
+                inputs = eval_inputs(
+                    sample,
+                    self.transform.guidance,
+                    VAL_GUIDANCE_SEED,
+                    mean=self.transform.mean,
+                    std=self.transform.std,
+                    multiple=model.stride,
+                    min_side=model.min_side,
+                )
+                h, w = inputs["size"]
+                flows = (
+                    model_flow(model, inputs, self.flow_range, device),
+                    nearest_flow(inputs["sparse"].numpy())[0][:h, :w],
+                )
+                truth = inputs["flow"].numpy()[:, :h, :w].transpose(1, 2, 0)
+                valid = inputs["valid"].numpy()[:h, :w]
+                pixels += int(valid.sum())
+                for k, flow in enumerate(flows):
+                    error = np.hypot(*(flow - truth).transpose(2, 0, 1).astype(np.float64))
+                    sums[k] += float(error[valid].sum())
+        finally:
+            model.train()
+        if not pixels:
+            return math.nan, math.nan
+        return sums[0] / pixels, sums[1] / pixels
+
+    def close(self) -> None:
+        self.dataset.close()
 
 
 def batches(
@@ -496,12 +635,14 @@ def build_dataset(config: TrainConfig, ctx: Distributed) -> ShardDataset:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run (or, with ``config.resume``, continue) training; returns a summary: the final
-    ``step``, the last logged ``loss``, the ``checkpoint`` path, ``samples_per_s`` and
+    ``step``, the last logged ``loss``, the ``checkpoint`` path, ``samples_per_s``,
+    ``val_epe`` and ``val_epe_nearest`` (px, of the last validation; None without one) and
     ``skipped_shards`` (``"path: reason"`` of each damaged shard left out with
     ``config.skip_damaged``).
 
-    Raises :class:`CmpDataError` for missing or damaged data, :class:`CheckpointError` for a
-    missing, corrupt or mismatched checkpoint on resume, ``ValueError`` for a bad config.
+    Raises :class:`CmpDataError` for missing or damaged data, :class:`UsageError` for
+    ``config.val_every`` without val samples, :class:`CheckpointError` for a missing, corrupt
+    or mismatched checkpoint on resume, ``ValueError`` for a bad config.
     """
     ctx = setup_distributed()
     try:
@@ -515,6 +656,8 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
     out = check_output_dir(config.out)
     ckpt_path = out / CHECKPOINT
     dataset = build_dataset(config, ctx)
+    # Built in every process, so that all of them refuse an empty val split; rank 0 runs it.
+    validation = Validation(config, dataset.shards) if config.val_every else None
     torch.manual_seed(config.seed)  # the same initial weights in every process
     model_config = config.model_config()
     model = build_model(model_config).to(ctx.device)
@@ -580,20 +723,33 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
             if config.keep_checkpoints:
                 save_atomic(state, out / f"checkpoint-{step:07d}.pt")
 
-    log = None
-    if ctx.is_main:
-        with stopped_by_failed_write(out, _RESUME):
-            out.mkdir(parents=True, exist_ok=True)
-            log = RunLog(out, resume_step=step if config.resume else None)
     total_batch = config.batch_size * ctx.world_size
-    progress = tqdm(
-        total=config.iters, initial=step, disable=not ctx.is_main, unit="it", dynamic_ncols=True
-    )
-    model.train()
     last_loss, samples_per_s = math.nan, 0.0
-    tick, tick_step = time.perf_counter(), step
+    val: tuple[float, float] | None = None
     data = batches(dataset, config, ctx, epoch, position)
-    try:
+    # Closed in reverse order, also on error: the progress bar, the log, the val and train data.
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(data.close)
+        if validation is not None:
+            cleanup.callback(validation.close)
+        log = None
+        if ctx.is_main:
+            with stopped_by_failed_write(out, _RESUME):
+                out.mkdir(parents=True, exist_ok=True)
+                log = RunLog(out, step if config.resume else None, config.tensorboard)
+            cleanup.callback(log.close)
+        progress = cleanup.enter_context(
+            tqdm(
+                total=config.iters,
+                initial=step,
+                desc="train",
+                disable=not ctx.is_main,
+                unit="it",
+                dynamic_ncols=True,
+            )
+        )
+        model.train()
+        tick, tick_step = time.perf_counter(), step
         while step < config.iters:
             epoch, position, batch = next(data)
             lr = lr_at(step, config, ctx.world_size)
@@ -615,30 +771,34 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
             optimizer.step()
             step += 1
             progress.update(1)
-            if step % config.log_every == 0 or step == config.iters:
+            last = step == config.iters
+            validate = validation is not None and (step % config.val_every == 0 or last)
+            # Every process takes part in the loss's mean, so all decide alike to log.
+            if validate or step % config.log_every == 0 or last:
                 last_loss = mean_over_ranks(loss, ctx)
                 now = time.perf_counter()
                 samples_per_s = (step - tick_step) * total_batch / max(now - tick, 1e-9)
-                tick, tick_step = now, step
+                scores = validation(model, ctx.device) if validate and ctx.is_main else None
+                if scores is not None:
+                    val = scores
+                # Validation's time is not training's: the next interval starts after it.
+                tick, tick_step = time.perf_counter(), step
                 if log is not None:
-                    with stopped_by_failed_write(out / LOG, _RESUME):
-                        log.write(step, epoch, last_loss, lr, samples_per_s)
-                progress.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{samples_per_s:.1f}")
-            if ctx.is_main and config.picture_every and step % config.picture_every == 0:
-                picture = training_picture(inputs, logits, config)
-                with stopped_by_failed_write(out / PICTURES, _RESUME):
-                    save_png(out / PICTURES / f"step-{step:07d}.png", picture)
-            if ctx.is_main and (step % config.ckpt_every == 0 or step == config.iters):
+                    log.write(step, epoch, last_loss, lr, samples_per_s, scores)
+                postfix = {"loss": f"{last_loss:.4f}", "samples_s": f"{samples_per_s:.1f}"}
+                if val is not None:
+                    postfix["val_epe"] = f"{val[0]:.3f}"
+                progress.set_postfix(postfix)
+            if log is not None and config.picture_every and step % config.picture_every == 0:
+                log.picture(step, training_picture(inputs, logits, config))
+            if ctx.is_main and (step % config.ckpt_every == 0 or last):
                 save(step, epoch, position)
-    finally:
-        data.close()
-        progress.close()
-        if log is not None:
-            log.close()
     return {
         "step": step,
         "loss": last_loss,
         "checkpoint": str(ckpt_path),
         "samples_per_s": samples_per_s,
+        "val_epe": None if val is None else val[0],
+        "val_epe_nearest": None if val is None else val[1],
         "skipped_shards": [f"{path}: {reason}" for path, reason in dataset.skipped],
     }

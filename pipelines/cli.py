@@ -20,6 +20,7 @@ from cmpdata.config import ExtractConfig
 from cmpdata.errors import CmpDataError, UsageError
 from cmpdata.options import Parser, load_options_file, run_command
 from cmpdata.paths import check_output_dir, check_output_file
+from cmpdata.synth.clips import TEXTURES
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
@@ -116,6 +117,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         num_frames=args.frames,
+        texture=args.texture,
     )
     for f in files:
         print(f.video)
@@ -404,17 +406,23 @@ def build_parser() -> Parser:
         "and a 15-minute CPU training run evaluated on held-out clips",
     )
     p.add_argument("--clips", type=int, help="number of synthetic clips (default: the profile's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the clips, the split and training")
     p.add_argument("--flow", default="dis", help="flow backend (a CPU one: dis or farneback)")
     p.set_defaults(func=cmd_demo)
 
     p = parser.command("synth", help="write synthetic clips with exact ground-truth flow")
-    p.add_argument("--out", required=True)
-    p.add_argument("--count", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=320)
-    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--out", required=True, help="folder of the clips (mp4, frames, flow, json)")
+    p.add_argument("--count", type=int, default=3, help="number of clips")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first clip (then +1, +2...)")
+    p.add_argument("--height", type=int, default=256, help="frame height (px)")
+    p.add_argument("--width", type=int, default=320, help="frame width (px)")
+    p.add_argument("--frames", type=int, default=40, help="frames per clip")
+    p.add_argument(
+        "--texture",
+        default="photo",
+        choices=TEXTURES,
+        help="photo: crops of the photos in the scikit-image wheel; noise: procedural",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = parser.command("probe", help="list the sources found in the inputs, with their sizes")

@@ -44,7 +44,7 @@ from cmpdata.store.shards import StoredSample
 from cmpdata.synth.clips import load_ground_truth, make_clips
 from cmpdata.synth.metrics import endpoint_error
 from cmpdata.viz import color_wheel_legend, draw_guidance, flow_to_color, panel, save_png
-from cmpmodel.evaluate import evaluate, format_table
+from cmpmodel.evaluate import evaluate, format_table, plot_curve
 from cmpmodel.propagate import propagate
 from cmpmodel.train import TrainConfig, train
 from pipelines.extract import RunSettings, extract
@@ -313,8 +313,9 @@ def run_demo(
         scores = evaluate([dataset], trained["checkpoint"], split="val")
         seconds["eval"] = time.perf_counter() - start
         (out / "eval.json").write_text(json.dumps(scores, indent=2) + "\n")
+        curve = plot_curve(scores, out / "eval.png", title="held-out synthetic clips")
         print(format_table(scores))
-        print(f"evaluation: {out / 'eval.json'}")
+        print(f"evaluation: {out / 'eval.json'}, {curve}")
         sample = val[0]
         image_path = save_png(out / "propagate-input.png", sample.image)
         guides = pick_guides(sample)

@@ -22,6 +22,10 @@ from cmpdata.synth.clips import (
 )
 
 SMALL = {"height": 64, "width": 80, "num_frames": 10}
+# No brightness drift and no motion blur: frames that warp exactly into each other.
+STEADY = {"brightness": 0.0, "motion_blur": 0.0}
+# A camera that only pans: the background translates uniformly.
+PAN = {"camera_rotation": 0.0, "camera_zoom": 0.0}
 
 
 def clip_of(**overrides: object) -> SyntheticClip:
@@ -103,12 +107,15 @@ def test_outputs_have_the_documented_types() -> None:
     flow, valid = clip.ground_truth(2, 5)
     assert frame.dtype == np.uint8 and frame.shape == (h, w, 3)
     assert layer_map.dtype == np.int32 and layer_map.shape == (h, w)
-    assert layer_map.min() >= 0 and layer_map.max() < clip.num_layers == 6
+    assert layer_map.min() >= 0 and layer_map.max() < clip.num_layers == 1 + 5 + 1  # one limb
     assert flow.dtype == np.float32 and flow.shape == (h, w, 2)
     assert valid.dtype == np.bool_ and valid.shape == (h, w)
     assert clip.kinds[0] == "background"
-    assert sorted(clip.kinds[1:4]) == ["rotate", "scale", "translate"]
-    assert clip.kinds[4:] == ("mixed", "mixed")
+    bodies = [k for k in clip.kinds[1:] if k != "limb"]
+    assert sorted(bodies[:3]) == ["rotate", "scale", "translate"] and bodies[3:] == ["mixed"] * 2
+    (limb,) = [k for k, kind in enumerate(clip.kinds) if kind == "limb"]
+    assert clip.parents[limb] == limb - 1 and clip.kinds[limb - 1] != "limb"
+    assert [p for k, p in enumerate(clip.parents) if k != limb] == [-1] * 6
 
 
 # --- determinism --------------------------------------------------------------------------
@@ -134,7 +141,7 @@ def test_different_seeds_give_different_clips() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_warping_with_the_flow_reproduces_the_first_frame(seed: int) -> None:
-    clip = clip_of(seed=seed)
+    clip = clip_of(seed=seed, **STEADY)
     for t0, t1 in [(0, 3), (5, 9)]:
         flow, valid = clip.ground_truth(t0, t1)
         frame0 = clip.frame(t0).astype(np.float32)
@@ -144,7 +151,40 @@ def test_warping_with_the_flow_reproduces_the_first_frame(seed: int) -> None:
         err = np.abs(warp_back(frame1, flow) - frame0).mean(axis=-1)[keep].mean()
         still = np.abs(frame1.astype(np.float32) - frame0).mean(axis=-1)[keep].mean()
         assert err < 3.0
-        assert still > 4 * err
+        assert still > 3 * err
+
+
+def test_brightness_and_blur_change_the_frames_not_the_geometry() -> None:
+    steady, shot = clip_of(seed=8, **STEADY), clip_of(seed=8, brightness=0.5, motion_blur=0.9)
+    for t0, t1 in [(0, 3), (4, 9)]:
+        for a, b in zip(steady.ground_truth(t0, t1), shot.ground_truth(t0, t1), strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(steady.layers(t0), shot.layers(t0))
+    # The gain drifts linearly over the clip, so the frames' brightness ratio changes with t.
+    ratios = [shot.frame(t).mean() / steady.frame(t).mean() for t in (0, 9)]
+    assert abs(ratios[1] - ratios[0]) > 0.02
+    # Blur: a moving edge is spread out, so the blurred frame differs from the sharp one
+    # beyond the gain alone.
+    gained = np.clip(steady.frame(5).astype(np.float32) * ratios[0], 0, 255)
+    assert np.abs(gained - shot.frame(5)).mean() > 0.5
+
+
+def test_a_limb_turns_about_its_joint_on_its_body() -> None:
+    """The joint moves with the body; the limb's other points move otherwise."""
+    for seed in range(4):
+        clip = SyntheticClip(SynthConfig(height=96, width=120, num_frames=12, seed=seed))
+        (limb,) = [k for k, kind in enumerate(clip.kinds) if kind == "limb"]
+        body = clip.parents[limb]
+        joint = clip.pose(limb, 0) @ (*clip._motions[limb].pivot, 1.0)
+        tip = clip.pose(limb, 0) @ (
+            clip._masks[limb - 1].shape[1] - 3.0,
+            clip._motions[limb].pivot[1],
+            1.0,
+        )
+        for t1 in (3, 11):
+            carry_limb, carry_body = clip.transform(limb, 0, t1), clip.transform(body, 0, t1)
+            np.testing.assert_allclose(carry_limb @ joint, carry_body @ joint, atol=1e-6)
+            assert np.linalg.norm(carry_limb @ tip - carry_body @ tip) > 0.1
 
 
 def test_flow_to_the_same_frame_is_zero_and_valid() -> None:
@@ -187,9 +227,11 @@ def test_layer_transforms_compose(seed: int, times: list[int], layer: int) -> No
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_each_object_shows_its_kind_of_motion(seed: int) -> None:
-    clip = SyntheticClip(SynthConfig(height=96, width=120, num_frames=10, seed=seed))
+    clip = SyntheticClip(SynthConfig(height=96, width=120, num_frames=10, seed=seed, **PAN))
     flow, layer_map = clip.flow(0, 3), clip.layers(0)
     for k, kind in enumerate(clip.kinds):
+        if kind == "limb":
+            continue  # test_a_limb_turns_about_its_joint_on_its_body
         inside = layer_map == k
         assert inside.sum() > 50, f"layer {k} ({kind}) barely visible"
         jac, shift, residual = affine_fit(flow, inside)
@@ -209,7 +251,7 @@ def test_each_object_shows_its_kind_of_motion(seed: int) -> None:
 
 def test_background_translates_uniformly_only_with_camera_motion() -> None:
     for camera in (True, False):
-        clip = clip_of(seed=5, camera_motion=camera)
+        clip = clip_of(seed=5, camera_motion=camera, **PAN)
         flow = clip.flow(2, 6)[clip.layers(2) == 0]
         np.testing.assert_allclose(flow - flow[0], 0.0, atol=1e-4)
         assert (np.linalg.norm(flow[0]) > 0.5) == camera
@@ -218,7 +260,9 @@ def test_background_translates_uniformly_only_with_camera_motion() -> None:
 def test_objects_stay_mostly_in_view() -> None:
     for seed in range(6):
         clip = SyntheticClip(
-            SynthConfig(height=48, width=64, num_frames=30, num_objects=1, seed=seed)
+            SynthConfig(
+                height=48, width=64, num_frames=30, num_objects=1, seed=seed, camera_motion=False
+            )
         )
         visible = [int((clip.layers(t) == 1).sum()) for t in range(30)]
         assert min(visible) > 0.2 * max(visible), (seed, visible)
@@ -286,7 +330,7 @@ def test_write_clip_writes_video_frames_and_ground_truth(tmp_path) -> None:
     for t, image in enumerate(decoded):
         assert image.shape == (64, 80, 3)
         errors = [np.abs(image.astype(int) - f).mean() for f in frames]
-        assert int(np.argmin(errors)) == t and errors[t] < 4
+        assert int(np.argmin(errors)) == t and errors[t] < 6  # crf 12 on photo textures
 
     assert sorted(p.name for p in files.frames.iterdir()) == [f"{t:05d}.png" for t in range(6)]
     for t in range(6):

@@ -1,5 +1,6 @@
 """cmpmodel.train and the `cmpmodel train / export-encoder` commands: the lr schedule, steps,
-checkpoints, exact resumption, DDP on two gloo processes, clear errors.
+checkpoints, exact resumption, DDP on two gloo processes, validation, TensorBoard, the
+progress bar, clear errors.
 
 ``write_dataset`` builds a tiny dataset directly (no Ray): synthetic clips' exact flow,
 encoded with ``encode_sample`` and written with ``write_shard``; ``test_evaluate`` uses it.
@@ -18,14 +19,15 @@ import pytest
 import torch
 import torchvision
 
-from cmpdata.errors import CmpDataError
+from cmpdata.errors import CmpDataError, UsageError
 from cmpdata.guidance import GuidanceConfig, build_sampler
 from cmpdata.records import FlowSample, FramePair
 from cmpdata.stages import guide
 from cmpdata.store.codec import FlowCodec
 from cmpdata.store.shards import encode_sample, shard_name, write_shard
 from cmpdata.synth.clips import SynthConfig, SyntheticClip
-from cmpmodel.cli import main
+from cmpmodel.cli import build_parser, main, read_train_config
+from cmpmodel.evaluate import evaluate
 from cmpmodel.model import MODEL_FORMAT, TinyEncoder, build_model
 from cmpmodel.train import (
     CheckpointError,
@@ -94,7 +96,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory after 6 uninterrupted steps (3 epochs of 3 batches, 2 epochs in)."""
     out = tmp_path_factory.mktemp("run") / "full"
-    train(tiny_config(data, out, iters=6, picture_every=3))
+    train(tiny_config(data, out, iters=6, picture_every=3, tensorboard=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def validated(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run of ``trained``, validating at steps 4 and 6 (the last), with TensorBoard."""
+    out = tmp_path_factory.mktemp("run") / "validated"
+    train(tiny_config(data, out, iters=6, picture_every=3, val_every=4))
     return out
 
 
@@ -162,6 +172,12 @@ def test_resume_reproduces_an_uninterrupted_run(data, trained, tmp_path):
     reference = load_checkpoint(trained / "checkpoint.pt")["model"]
     for key, value in reference.items():
         torch.testing.assert_close(final[key], value, rtol=0, atol=1e-6)
+    # TensorBoard drops the events logged after the checkpoint too: each step once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_ddp_with_two_gloo_processes(data, tmp_path):
@@ -193,6 +209,8 @@ def test_ddp_with_two_gloo_processes(data, tmp_path):
         "0",
         "--lr",
         "0.01",
+        "--val-every",
+        "2",
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -202,6 +220,7 @@ def test_ddp_with_two_gloo_processes(data, tmp_path):
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
     rows = read_log(out)
     assert [r["step"] for r in rows] == [2] and np.isfinite(rows[0]["loss"])
+    assert np.isfinite(rows[0]["val_epe"]) and np.isfinite(rows[0]["val_epe_nearest"])
 
 
 def test_export_encoder_tiny_loads_strictly(trained, tmp_path):
@@ -286,3 +305,103 @@ def test_cli_train_reads_a_yaml_config(data, tmp_path, capsys):
     config.write_text("data: [x]\nitres: 3\n")
     assert main(["train", "--config", str(config)]) == 2
     assert "unknown keys ['itres']" in capsys.readouterr().err
+
+
+def test_validation_logs_evals_epes_and_leaves_training_bit_exact(data, trained, validated):
+    rows, reference = read_log(validated), read_log(trained)
+    assert [r["step"] for r in rows] == [r["step"] for r in reference]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in reference]
+    assert [r["lr"] for r in rows] == [r["lr"] for r in reference]
+    with_val, without = (
+        load_checkpoint(validated / "checkpoint.pt"),
+        load_checkpoint(trained / "checkpoint.pt"),
+    )
+    for key, value in without["model"].items():
+        assert torch.equal(with_val["model"][key], value), key
+    for index, state in without["optimizer"]["state"].items():
+        assert torch.equal(
+            with_val["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"]
+        )
+    assert torch.equal(with_val["rng"]["torch"], without["rng"]["torch"])
+    # Validation at steps 4 and 6 (the last) only; empty cells read as NaN.
+    validated_steps = [r["step"] for r in rows if not np.isnan(r["val_epe"])]
+    assert validated_steps == [4, 6]
+    assert all(np.isnan(r["val_epe_nearest"]) for r in rows if r["step"] not in (4, 6))
+    # The final model's EPE is what `cmpmodel eval` reports of its checkpoint; the nearest-
+    # guide baseline does not depend on the model.
+    scores = evaluate(data, validated / "checkpoint.pt", max_samples=16)["methods"]
+    last = rows[-1]
+    assert last["val_epe"] == pytest.approx(scores["model"]["epe"], rel=1e-9)
+    assert last["val_epe_nearest"] == pytest.approx(scores["nearest"]["epe"], rel=1e-9)
+    assert rows[3]["val_epe_nearest"] == last["val_epe_nearest"]
+    assert last["val_epe"] != rows[3]["val_epe"]
+
+
+def test_tensorboard_holds_the_scalars_and_pictures(validated, trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(validated / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss", "lr", "samples_per_s", "val_epe", "val_epe_nearest"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("val_epe")] == [4, 6]
+    assert events.Scalars("val_epe")[-1].value == pytest.approx(read_log(validated)[-1]["val_epe"])
+    assert tags["images"] == ["picture"]
+    assert [e.step for e in events.Images("picture")] == [3, 6]
+    assert not (trained / "tensorboard").exists()  # tensorboard=False
+
+
+def test_without_the_tensorboard_package_one_warning_and_the_run_goes_on(
+    data, tmp_path, monkeypatch, capsys
+):
+    # As if it were not installed: importing either module fails.
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning) as caught:
+        summary = train(tiny_config(data, out, iters=2, val_every=2, picture_every=2))
+    messages = [str(w.message) for w in caught if "tensorboard" in str(w.message).lower()]
+    assert len(messages) == 1 and "pip install tensorboard" in messages[0]
+    assert "\n" not in messages[0]
+    assert summary["step"] == 2 and (out / "checkpoint.pt").exists()
+    assert (out / "pictures" / "step-0000002.png").exists() and not (out / "tensorboard").exists()
+    assert summary["val_epe"] == read_log(out)[-1]["val_epe"]
+    # The labelled progress bar, with the loss and the validation EPE.
+    err = capsys.readouterr().err
+    assert "train: 100%" in err and "2/2" in err and "loss=" in err and "val_epe=" in err
+
+
+def test_val_every_without_val_samples_is_refused_before_any_work(tmp_path, capsys):
+    data = write_dataset(tmp_path / "no-val", num_train=4, num_val=0)
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match="no val samples"):
+        train(tiny_config(data, out, val_every=2))
+    assert not out.exists()
+    argv = ["train", "--data", str(data), "--out", str(out), "--arch", "tiny", "--batch-size", "2"]
+    argv += ["--val-every", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cmpmodel: error:") and "no val samples" in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_cli_train_validation_and_tensorboard_options(tmp_path, capsys):
+    parser = build_parser()
+    given = ["train", "--data", "d", "--val-every", "50", "--val-samples", "4", "--no-tensorboard"]
+    config = read_train_config(parser.parse_args(given))
+    assert (config.val_every, config.val_samples, config.tensorboard) == (50, 4, False)
+    config = read_train_config(parser.parse_args(["train", "--data", "d"]))
+    assert (config.val_every, config.val_samples, config.tensorboard) == (0, 16, True)
+    # Without the flag, a YAML file's value stands.
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("data: [d]\ntensorboard: false\nval_every: 7\n")
+    config = read_train_config(parser.parse_args(["train", "--config", str(yaml)]))
+    assert (config.val_every, config.tensorboard) == (7, False)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "--val-every N" in usage and "0: never (default: 0)" in usage
+    assert "--val-samples N" in usage and "(default: 16)" in usage and "--no-tensorboard" in usage
+    with pytest.raises(ValueError, match="val_every must be >= 0"):
+        TrainConfig(val_every=-1)

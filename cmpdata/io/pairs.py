@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from cmpdata.errors import ConfigError, DecodeError, DecodeTimeout, SourceError
 from cmpdata.io.decoders import READERS, read_image
 from cmpdata.io.sources import check_source_size, probe
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
+from cmpdata.synth.truth import description, load_clip, truth_parts
 
 DECODERS = ("auto", "decord", "ffmpeg")
 
@@ -320,6 +322,9 @@ def iter_pairs(
     and reason; later pairs go on. When the video ends early (truncated, over-reported frame
     count), each planned pair not formed is dropped after the others.
 
+    A synthetic clip (a description beside it, :mod:`cmpdata.synth.truth`) gets its exact
+    flow and object ids in each pair's ``extras``.
+
     Raises :class:`SourceError` for a source under ``config.min_side`` or with fewer than
     ``gap + 1`` frames, whatever :func:`probe` raises, :class:`DecodeError` when decoding
     fails in a way that ends the stream and :class:`DecodeTimeout` when the decoder hangs:
@@ -335,11 +340,16 @@ def iter_pairs(
     if pairs is None:
         pairs = pair_indices(info.num_frames, config.gap, config.stride, config.max_pairs_per_video)
     planned = [(int(t0), int(t1)) for t0, t1 in pairs]
+    meta = description(source.path)
+    clip = None if meta is None else load_clip(meta, (info.height, info.width))
     results = _read_groups(source, planned, config.decoder, config.timeout, info)
     # closing(): a consumer that stops early stops the decoder at once, not when collected.
     with contextlib.closing(results):
         for (t0, t1), result in results:
             if isinstance(result, BadFrame):
                 yield Dropped(source.id, t0, t1, stage="decode", reason=str(result))
-            else:
-                yield _make_pair(source.id, t0, t1, *result, config, crop)
+                continue
+            pair = _make_pair(source.id, t0, t1, *result, config, crop)
+            if clip is not None:
+                pair = dataclasses.replace(pair, extras=truth_parts(clip, pair))
+            yield pair

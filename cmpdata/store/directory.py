@@ -189,7 +189,7 @@ def write_finished_shard(
 
     A shard that does not read back as written is removed and :class:`ShardError` raised; a
     failed write (disk full) raises :class:`~cmpdata.errors.RunStopped`, leaving no partial
-    file.
+    file, and no shard whose marker could not be written.
     """
     path = out / shard_name(index)
     with write_errors(path):
@@ -208,6 +208,11 @@ def write_finished_shard(
         "samples": rows,
         "dropped": [asdict(d) for d in dropped],
     }
-    with write_errors(marker_path(out, index)):
-        write_json_atomic(marker_path(out, index), marker)
+    try:
+        with write_errors(marker_path(out, index)):
+            write_json_atomic(marker_path(out, index), marker)
+    except BaseException:
+        # No shard without its marker: the rerun writes both again.
+        path.unlink(missing_ok=True)
+        raise
     return info

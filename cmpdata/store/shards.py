@@ -263,8 +263,8 @@ def encode_sample(
     jpeg_quality: int = 95,
     extras: Mapping[str, bytes] | None = None,
 ) -> EncodedSample:
-    """Compress a guided sample for storage (JPEG frame, coded flow and mask); ``extras`` are
-    optional parts stored with it (see the module docstring)."""
+    """Compress a guided sample for storage (JPEG frame, coded flow and mask); the pair's
+    ``extras`` and ``extras`` are optional parts stored with it (see the module docstring)."""
     s = sample.flow_sample
     pair = s.pair
     h, w = pair.size
@@ -283,7 +283,7 @@ def encode_sample(
         scale=pair.scale,
         points=sample.guidance.points,
         vectors=sample.guidance.vectors,
-        extras=dict(extras or {}),
+        extras={**pair.extras, **(extras or {})},
     )
 
 

@@ -1,15 +1,26 @@
 """Synthetic videos with exact ground-truth optical flow.
 
-A :class:`SyntheticClip` is a textured background, translating with the camera, under a few
-textured objects (ellipses, rectangles, polygons) that translate, rotate and scale smoothly
-and occlude each other in a fixed z-order. Every layer ``k`` (0 = background, objects 1..N,
-higher on top) is a texture carried into the frame by an affine map ``A_k(t)``; a frame is
-rendered by inverse mapping with bilinear interpolation, so the forward flow of a pixel ``p``
-of frame ``t0`` is exactly ``A_k(t1) A_k(t0)^-1 p - p`` for the layer ``k`` visible at ``p``.
-Object edges are anti-aliased; a pixel belongs to the top-most layer whose coverage there is at
-least 0.5, the same rule in :meth:`SyntheticClip.frame`, :meth:`SyntheticClip.layers` and the
-flow. Everything is drawn from ``np.random.default_rng(config.seed)``: the same config gives
-the same pixels and flows on every machine.
+A :class:`SyntheticClip` is a photographic background seen by a moving camera, under a few
+textured objects (ellipses, rectangles, polygons) that translate, rotate, scale and shear
+smoothly and occlude each other in a fixed z-order; some objects carry an articulated limb
+that swings about a joint on them. Every layer ``k`` (0 = background, then the objects, each
+limb right after its body, higher on top) is a texture carried into the frame by an affine map
+``A_k(t) = C(t) [B_k(t)] M_k(t)``: the camera's map ``C(t)`` (pan in any direction, roll and
+zoom about the frame centre), the pose of the body a limb hangs on (``B_k``, limbs only) and
+the layer's own pose ``M_k(t)``. A frame is rendered by inverse mapping with bilinear
+interpolation, so the forward flow of a pixel ``p`` of frame ``t0`` is exactly
+``A_k(t1) A_k(t0)^-1 p - p`` for the layer ``k`` visible at ``p``. Object edges are
+anti-aliased; a pixel belongs to the top-most layer whose coverage there is at least 0.5, the
+same rule in :meth:`SyntheticClip.frame`, :meth:`SyntheticClip.layers` and the flow.
+
+What makes the frames harder than their geometry, without touching the flow: the brightness
+of the whole frame drifts over the clip (a gain of up to ``1 +- brightness``), and a clip may
+be filmed with an exposure of up to ``motion_blur`` of a frame interval (three renders spread
+over it, averaged; the ground truth is the flow between the exposures' centres). Textures are
+crops of the photos bundled with scikit-image (:mod:`cmpdata.synth.photos`), or procedural
+noise with ``texture="noise"``. Everything is drawn from
+``np.random.default_rng(config.seed)``: the same config gives the same pixels and flows on
+every machine with the same photos.
 
 Pixel coordinates follow OpenCV: the centre of pixel (row i, column j) is (x=j, y=i).
 
@@ -24,8 +35,10 @@ Synthetic clips
   forward flow of each pair in pixels, x (right) then y (down); ``valid`` bool (N, H, W), True
   where the surface point seen in the first frame is still visible in the second (inside the
   frame, not occluded by a layer above);
-- ``<name>.json``: ``{"config": <SynthConfig fields>, "gap": gap, "num_pairs": N}``, enough to
-  regenerate the clip with :func:`load_config`.
+- ``<name>.json``: ``{"generator": "cmp-synth", "config": <SynthConfig fields>, "gap": gap,
+  "num_pairs": N}``, enough to regenerate the clip with :func:`load_config`; ``extract`` finds
+  it beside the video and stores each pair's exact flow and object ids with the sample
+  (:mod:`cmpdata.synth.truth`).
 
 :func:`load_ground_truth` reads the ``.npz`` back.
 """
@@ -47,8 +60,12 @@ import numpy as np
 
 from cmpdata.errors import CmpDataError, ConfigError, SourceError
 from cmpdata.io.media import write_video
+from cmpdata.synth.photos import photo_patch
 
-LayerKind = Literal["background", "translate", "rotate", "scale", "mixed"]
+LayerKind = Literal["background", "translate", "rotate", "scale", "mixed", "limb"]
+Texture = Literal["photo", "noise"]
+TEXTURES: tuple[str, ...] = ("photo", "noise")
+GENERATOR = "cmp-synth"  # the "generator" of a clip's .json: marks it as one of ours
 
 # Objects beyond the first three mix all motions; the first three each show one motion cleanly.
 _PURE_KINDS: tuple[LayerKind, ...] = ("translate", "rotate", "scale")
@@ -58,6 +75,8 @@ _VIDEO_CRF = 12
 _OCTAVES = (4, 8, 16, 32, 64)  # must double from one to the next
 _SUPERSAMPLE = 4  # shape masks are drawn at 4x and averaged down: anti-aliased edges
 _PAD = 2  # px of empty texture around an object, so its coverage falls to 0 before the border
+_BLUR_RENDERS = 3  # renders averaged over a blurred frame's exposure
+_MAX_SWING = math.radians(60)  # largest swing of a limb either side of its rest angle
 
 
 @dataclass(frozen=True)
@@ -69,11 +88,19 @@ class SynthConfig:
     num_frames: int = 40  # frames in the clip
     num_objects: int = 4  # moving objects over the background
     seed: int = 0  # seed of every random draw (textures, shapes, motions)
-    camera_motion: bool = True  # the background translates (uniform flow), else it is still
-    camera_speed: float = 1.0  # background speed (px/frame) when camera_motion is on
+    texture: str = "photo"  # "photo": crops of scikit-image's photos; "noise": procedural
+    camera_motion: bool = True  # the camera pans, rolls and zooms; else it is still
+    camera_speed: float = 1.0  # fastest camera pan (px/frame), any direction
+    camera_rotation: float = 0.2  # fastest camera roll (degrees/frame)
+    camera_zoom: float = 0.005  # fastest relative zoom in or out (1/frame)
     max_speed: float = 4.0  # fastest object translation (px/frame)
     max_rotation: float = 2.0  # fastest object rotation (degrees/frame)
     max_growth: float = 0.01  # fastest relative scale change (1/frame), capped to 0.5x-1.5x
+    max_shear: float = 0.01  # fastest shear change of a mixed-motion object (1/frame)
+    limbs: int = 1  # objects that carry an articulated limb (at most num_objects)
+    limb_swing: float = 4.0  # fastest swing of a limb about its joint (degrees/frame)
+    brightness: float = 0.1  # largest brightness drift over the clip (gain 1 +- this)
+    motion_blur: float = 0.5  # longest exposure, as a fraction of the frame interval
     min_object_size: float = 0.2  # smallest object diameter, as a fraction of min(height, width)
     max_object_size: float = 0.45  # largest object diameter, as a fraction of min(height, width)
     fps: float = 25.0  # frame rate of the written video (frames/s)
@@ -85,9 +112,27 @@ class SynthConfig:
             raise ConfigError(f"num_frames must be >= 1, got {self.num_frames}")
         if self.num_objects < 0:
             raise ConfigError(f"num_objects must be >= 0, got {self.num_objects}")
-        for name in ("camera_speed", "max_speed", "max_rotation", "max_growth"):
+        if not 0 <= self.limbs <= self.num_objects:
+            raise ConfigError(
+                f"limbs must be within 0..num_objects ({self.num_objects}), got {self.limbs}"
+            )
+        if self.texture not in TEXTURES:
+            raise ConfigError(f"texture must be one of {TEXTURES}, got {self.texture!r}")
+        for name in (
+            "camera_speed",
+            "camera_rotation",
+            "camera_zoom",
+            "max_speed",
+            "max_rotation",
+            "max_growth",
+            "max_shear",
+            "limb_swing",
+        ):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("brightness", "motion_blur"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.min_object_size <= self.max_object_size <= 1:
             raise ConfigError(
                 "object sizes must satisfy 0 < min_object_size <= max_object_size <= 1, got "
@@ -99,34 +144,44 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class _Motion:
-    """Pose of a layer texture in the frame: ``A(t) = T(p(t)) R(angle(t)) S(scale(t)) T(-pivot)``.
+    """A pose over time: ``M(t) = T(p(t)) R(angle(t)) Sh(shear t) S(scale(t)) T(-pivot)``.
 
     ``p(t) = p0 + v t + bend * 4 t (span - t) / span**2``: a parabola (constant acceleration)
     leaving the straight line by ``bend`` px at mid-clip and rejoining it at ``t = span``.
+    ``angle(t) = angle0 + omega t + swing (sin(2 pi t / period + phase) - sin(phase))``;
+    ``Sh(k)`` is the shear ``x += k y``. ``t`` may be fractional (the exposures of a blurred
+    frame).
     """
 
     pivot: tuple[float, float]  # texture point carried to p(t) (texture px)
-    p0: tuple[float, float]  # position at t = 0 (frame px)
-    velocity: tuple[float, float]  # straight-line velocity (px/frame)
-    bend: tuple[float, float]  # mid-clip offset from the straight line (px)
-    span: float  # frames over which the bend is spread (num_frames - 1, at least 1)
-    angle0: float  # rotation at t = 0 (radians)
-    omega: float  # rotation speed (radians/frame)
-    scale0: float  # scale at t = 0
-    growth: float  # relative scale change: scale(t) = scale0 * (1 + growth t)
+    p0: tuple[float, float]  # position at t = 0 (px of the parent: frame, world or body)
+    velocity: tuple[float, float] = (0.0, 0.0)  # straight-line velocity (px/frame)
+    bend: tuple[float, float] = (0.0, 0.0)  # mid-clip offset from the straight line (px)
+    span: float = 1.0  # frames over which the bend is spread (num_frames - 1, at least 1)
+    angle0: float = 0.0  # rotation at t = 0 (radians)
+    omega: float = 0.0  # rotation speed (radians/frame)
+    scale0: float = 1.0  # scale at t = 0
+    growth: float = 0.0  # relative scale change: scale(t) = scale0 * (1 + growth t)
+    shear: float = 0.0  # shear change (1/frame)
+    swing: float = 0.0  # amplitude of the periodic rotation (radians)
+    period: float = 1.0  # its period (frames)
+    phase: float = 0.0  # its phase at t = 0 (radians)
 
     def affine(self, t: float) -> np.ndarray:
-        """(3, 3) float64 map from texture coordinates to frame ``t`` coordinates."""
+        """(3, 3) float64 map from texture coordinates to the parent's at time ``t``."""
         shape = 4.0 * t * (self.span - t) / self.span**2
         px = self.p0[0] + self.velocity[0] * t + self.bend[0] * shape
         py = self.p0[1] + self.velocity[1] * t + self.bend[1] * shape
-        angle = self.angle0 + self.omega * t
+        wave = math.sin(2 * math.pi * t / self.period + self.phase) - math.sin(self.phase)
+        angle = self.angle0 + self.omega * t + self.swing * wave
         s = self.scale0 * (1.0 + self.growth * t)
-        c, si = s * math.cos(angle), s * math.sin(angle)
+        c, si = math.cos(angle), math.sin(angle)
+        linear = np.array([[c, -si], [si, c]]) @ np.array([[s, self.shear * t * s], [0.0, s]])
         qx, qy = self.pivot
-        return np.array(
-            [[c, -si, px - c * qx + si * qy], [si, c, py - si * qx - c * qy], [0.0, 0.0, 1.0]]
-        )
+        out = np.eye(3)
+        out[:2, :2] = linear
+        out[:2, 2] = (px, py) - linear @ (qx, qy)
+        return out
 
 
 def _noise(rng: np.random.Generator, h: int, w: int, channels: int) -> np.ndarray:
@@ -211,11 +266,11 @@ def _shape_mask(rng: np.random.Generator, shape: str, n: int) -> np.ndarray:
     return small.astype(np.float32) / 255.0
 
 
-def _object_texture(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A colour modulated by noise and a grating, float32 RGB 0..255 (n, n, 3)."""
+def _object_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A colour modulated by noise and a grating, float32 RGB 0..255 (h, w, 3)."""
     colour = rng.uniform(30, 225, size=3).astype(np.float32)
-    lum = 0.30 * _noise(rng, n, n, 1) + 0.15 * _stripes(rng, n, n)[..., None]
-    tint = 18.0 * _noise(rng, n, n, 3)
+    lum = 0.30 * _noise(rng, h, w, 1) + 0.15 * _stripes(rng, h, w)[..., None]
+    tint = 18.0 * _noise(rng, h, w, 3)
     return np.clip(colour * (1.0 + lum) + tint, 0, 255)
 
 
@@ -245,6 +300,22 @@ def _trajectory(
     return start, travel / span, bend
 
 
+def _capsule_mask(length: float, width: float) -> np.ndarray:
+    """Anti-aliased coverage, float32 (nh, nw), of a horizontal bar with round ends (a limb);
+    its joint end is centred at ``(_PAD + width / 2, (nh - 1) / 2)``."""
+    nh, nw = math.ceil(width) + 2 * _PAD, math.ceil(length) + 2 * _PAD
+    big = np.zeros((nh * _SUPERSAMPLE, nw * _SUPERSAMPLE), np.uint8)
+    radius = width / 2 * _SUPERSAMPLE
+    y = (nh * _SUPERSAMPLE - 1) / 2
+    x0, x1 = (_PAD + width / 2) * _SUPERSAMPLE, (nw - _PAD - width / 2) * _SUPERSAMPLE
+    ends = [(round(x0 * 16), round(y * 16)), (round(x1 * 16), round(y * 16))]
+    cv2.line(big, ends[0], ends[1], 255, max(1, round(2 * radius)), cv2.LINE_8, shift=4)
+    for end in ends:
+        cv2.circle(big, end, round(radius * 16), 255, -1, cv2.LINE_8, shift=4)
+    small = cv2.resize(big, (nw, nh), interpolation=cv2.INTER_AREA)
+    return small.astype(np.float32) / 255.0
+
+
 def _object_motion(
     rng: np.random.Generator, config: SynthConfig, kind: LayerKind, n: int
 ) -> _Motion:
@@ -258,11 +329,14 @@ def _object_motion(
     if kind in ("rotate", "mixed"):
         lo, hi = (0.6, 1.0) if kind == "rotate" else (0.2, 0.5)
         omega = math.radians(config.max_rotation) * rng.uniform(lo, hi) * rng.choice([-1, 1])
-    growth = 0.0
+    growth = shear = 0.0
     if kind in ("scale", "mixed"):
         lo, hi = (0.6, 1.0) if kind == "scale" else (0.2, 0.5)
         # Cap so the scale stays within [0.5, 1.5] of its start over the whole clip.
         growth = min(config.max_growth * rng.uniform(lo, hi), 0.5 / span) * rng.choice([-1, 1])
+    if kind == "mixed":
+        # Cap so the shear stays below 0.5 over the whole clip.
+        shear = min(config.max_shear * rng.uniform(0.3, 1.0), 0.5 / span) * rng.choice([-1, 1])
     scale0 = rng.uniform(0.85, 1.15)
     radius = (n - 2 * _PAD) / 2.0 * scale0 * max(1.0, 1.0 + growth * span)
     size = np.array([config.width, config.height], float)
@@ -279,16 +353,38 @@ def _object_motion(
         omega=omega,
         scale0=scale0,
         growth=growth,
+        shear=shear,
+    )
+
+
+def _limb_motion(rng: np.random.Generator, config: SynthConfig, body: int, width: float) -> _Motion:
+    """The pose, in the texture coordinates of an ``body`` x ``body`` object, of a limb of
+    ``width`` px hinged near the object's edge, swinging about its joint."""
+    direction = rng.uniform(0, 2 * math.pi)
+    reach = 0.6 * (body - 2 * _PAD) / 2.0
+    centre = (body - 1) / 2.0
+    joint = (centre + reach * math.cos(direction), centre + reach * math.sin(direction))
+    peak = math.radians(config.limb_swing) * rng.uniform(0.6, 1.0)  # rad/frame
+    period = rng.uniform(12.0, 30.0)
+    return _Motion(
+        pivot=(_PAD + width / 2.0, (math.ceil(width) + 2 * _PAD - 1) / 2.0),
+        p0=joint,
+        angle0=direction + rng.uniform(-0.5, 0.5),
+        swing=min(peak * period / (2 * math.pi), _MAX_SWING),
+        period=period,
+        phase=rng.uniform(0, 2 * math.pi),
     )
 
 
 class SyntheticClip:
     """A synthetic video with exact forward flow, occlusion masks and layer maps.
 
-    Layer 0 is the background; objects are layers 1..``num_objects``, each drawn over the ones
-    below. ``kinds[k]`` names the motion of layer ``k``: with at least three objects, one is
-    purely translating, one rotates in place (with a little drift) and one scales (with a little
-    drift); further objects mix all three.
+    Layer 0 is the background; objects and limbs are the layers above, each drawn over the
+    ones below, a limb right after the object it hangs on. ``kinds[k]`` names the motion of
+    layer ``k``: with at least three objects, one purely translates, one rotates in place (with
+    a little drift) and one scales (with a little drift), before the camera's motion; further
+    objects mix all of them and shear; ``"limb"`` layers swing about a joint on their body.
+    ``parents[k]`` is the layer a limb hangs on (``-1`` for the others).
     Frame indices ``t`` must lie in ``[0, num_frames)``; otherwise ``ValueError`` is raised.
     """
 
@@ -302,63 +398,88 @@ class SyntheticClip:
         h, w = cfg.height, cfg.width
         span = float(max(cfg.num_frames - 1, 1))
 
-        camera = np.zeros(2)
+        camera = _Motion(pivot=((w - 1) / 2.0, (h - 1) / 2.0), p0=((w - 1) / 2.0, (h - 1) / 2.0))
         if cfg.camera_motion:
             theta = rng.uniform(0, 2 * math.pi)
-            camera = (
-                cfg.camera_speed
-                * rng.uniform(0.5, 1.0)
-                * np.array([math.cos(theta), math.sin(theta)])
-            )
-        # The texture is large enough that the moving frame window never leaves it.
-        travel = np.abs(camera) * span
-        offset = 2.0 + np.maximum(camera, 0) * span
-        bg_w, bg_h = (np.array([w, h]) + np.ceil(travel) + 4).astype(int)
-        self._background = _background_texture(rng, int(bg_h), int(bg_w))
-        motions = [
-            _Motion(
-                pivot=(float(offset[0]), float(offset[1])),
-                p0=(0.0, 0.0),
-                velocity=(float(camera[0]), float(camera[1])),
-                bend=(0.0, 0.0),
+            speed = cfg.camera_speed * rng.uniform(0.5, 1.0)
+            zoom = min(cfg.camera_zoom * rng.uniform(0.0, 1.0), 0.5 / span)
+            camera = dataclasses.replace(
+                camera,
+                velocity=(speed * math.cos(theta), speed * math.sin(theta)),
                 span=span,
-                angle0=0.0,
-                omega=0.0,
-                scale0=1.0,
-                growth=0.0,
+                omega=math.radians(cfg.camera_rotation) * rng.uniform(-1.0, 1.0),
+                growth=zoom * rng.choice([-1.0, 1.0]),
             )
-        ]
+        self._camera = camera
+        # A margin of texture around the frame for the camera's pan; beyond it the texture is
+        # mirrored (the flow stays exact: the mirror image is just more texture).
+        margin = int(min(64, math.ceil(math.hypot(*camera.velocity) * span) + 8))
+        self._margin = margin
+        texture = cfg.texture
+        self._background = (
+            photo_patch(rng, h + 2 * margin, w + 2 * margin)
+            if texture == "photo"
+            else _background_texture(rng, h + 2 * margin, w + 2 * margin)
+        )
+        self._exposure = rng.uniform(0.0, cfg.motion_blur)
+        self._gain = rng.uniform(-cfg.brightness, cfg.brightness)
 
         pure = [_PURE_KINDS[i] for i in rng.permutation(len(_PURE_KINDS))]
+        with_limb = set(rng.permutation(cfg.num_objects)[: cfg.limbs].tolist())
         kinds: list[LayerKind] = ["background"]
+        parents = [-1]
+        motions = [_Motion(pivot=(float(margin), float(margin)), p0=(0.0, 0.0))]
         shapes = ("ellipse", "rectangle", "polygon")
         first_shape = int(rng.integers(0, len(shapes)))
-        self._textures: list[np.ndarray] = []  # (n, n, 4) float32: RGB 0..255 then coverage
-        self._masks: list[np.ndarray] = []  # (n, n) float32 coverage alone, for layer maps
+        self._textures: list[np.ndarray] = []  # (nh, nw, 4) float32: RGB 0..255 then coverage
+        self._masks: list[np.ndarray] = []  # (nh, nw) float32 coverage alone, for layer maps
         short = min(h, w)
+
+        def add(mask: np.ndarray, motion: _Motion, kind: LayerKind, parent: int) -> None:
+            nh, nw = mask.shape
+            make = photo_patch if texture == "photo" else _object_texture
+            colour = make(rng, nh, nw)
+            self._textures.append(np.dstack([colour, mask]))
+            self._masks.append(mask)
+            motions.append(motion)
+            kinds.append(kind)
+            parents.append(parent)
+
         for i in range(cfg.num_objects):
             kind = pure[i] if i < len(pure) else "mixed"
             diameter = short * rng.uniform(cfg.min_object_size, cfg.max_object_size)
             n = max(math.ceil(diameter), 4) + 2 * _PAD
             mask = _shape_mask(rng, shapes[(first_shape + i) % len(shapes)], n)
-            texture = _object_texture(rng, n)
-            self._textures.append(np.dstack([texture, mask]))
-            self._masks.append(mask)
-            motions.append(_object_motion(rng, cfg, kind, n))
-            kinds.append(kind)
+            add(mask, _object_motion(rng, cfg, kind, n), kind, -1)
+            if i in with_limb:
+                body = len(motions) - 1
+                length = diameter * rng.uniform(0.5, 0.8)
+                width = max(length * rng.uniform(0.2, 0.3), 3.0)
+                limb = _limb_motion(rng, cfg, n, width)
+                add(_capsule_mask(length, width), limb, "limb", body)
         self._motions = tuple(motions)
         self.kinds: tuple[LayerKind, ...] = tuple(kinds)
+        self.parents: tuple[int, ...] = tuple(parents)
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
         self._xs, self._ys = xs, ys
 
     @property
     def num_layers(self) -> int:
-        """Background plus objects."""
+        """Background plus objects and limbs."""
         return len(self._motions)
 
     def _check_t(self, t: int) -> None:
         if not 0 <= t < self.config.num_frames:
             raise ValueError(f"frame index {t} outside the clip [0, {self.config.num_frames})")
+
+    def pose(self, layer: int, t: float) -> np.ndarray:
+        """(3, 3) float64 map from the texture of ``layer`` to frame ``t`` (``t`` may be
+        fractional): the camera's map after the body's (limbs) and the layer's own."""
+        out = self._motions[layer].affine(t)
+        parent = self.parents[layer]
+        if parent >= 0:
+            out = self._motions[parent].affine(t) @ out
+        return self._camera.affine(t) @ out
 
     def transform(self, layer: int, t0: int, t1: int) -> np.ndarray:
         """(3, 3) float64 affine map carrying points of ``layer`` from frame ``t0`` to ``t1``.
@@ -369,29 +490,30 @@ class SyntheticClip:
             raise ValueError(f"layer {layer} outside [0, {self.num_layers})")
         self._check_t(t0)
         self._check_t(t1)
-        motion = self._motions[layer]
-        return motion.affine(t1) @ np.linalg.inv(motion.affine(t0))
+        return self.pose(layer, t1) @ np.linalg.inv(self.pose(layer, t0))
 
-    def _sample(self, layer: int, t: int, x: np.ndarray, y: np.ndarray, colour: bool) -> np.ndarray:
+    def _sample(
+        self, layer: int, t: float, x: np.ndarray, y: np.ndarray, colour: bool
+    ) -> np.ndarray:
         """Texture of object ``layer`` at frame-``t`` points (x, y), bilinear, 0 outside it.
 
         Returns (..., 4) RGB and coverage when ``colour`` is set, else the (...) coverage.
         Frames, layer maps and occlusion tests all sample through here, so they agree on
         which pixels a layer covers.
         """
-        inv = np.linalg.inv(self._motions[layer].affine(t)).astype(np.float32)
+        inv = np.linalg.inv(self.pose(layer, t)).astype(np.float32)
         u = inv[0, 0] * x + inv[0, 1] * y + inv[0, 2]
         v = inv[1, 0] * x + inv[1, 1] * y + inv[1, 2]
         src = self._textures[layer - 1] if colour else self._masks[layer - 1]
         return cv2.remap(src, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
-    def _object_boxes(self, t: int) -> Iterator[tuple[int, tuple[slice, slice]]]:
+    def _object_boxes(self, t: float) -> Iterator[tuple[int, tuple[slice, slice]]]:
         """(layer, (row slice, column slice)) of each object's bounding box within frame ``t``."""
         h, w = self.config.height, self.config.width
         for k in range(1, self.num_layers):
-            affine = self._motions[k].affine(t)
-            n = self._masks[k - 1].shape[0]
-            corners = affine[:2, :2] @ np.array([[0, n - 1, 0, n - 1], [0, 0, n - 1, n - 1]])
+            affine = self.pose(k, t)
+            nh, nw = self._masks[k - 1].shape
+            corners = affine[:2, :2] @ np.array([[0, nw - 1, 0, nw - 1], [0, 0, nh - 1, nh - 1]])
             corners += affine[:2, 2:]
             x0, y0 = np.maximum(np.floor(corners.min(axis=1)).astype(int), 0)
             x1 = min(int(np.ceil(corners[0].max())) + 1, w)
@@ -399,29 +521,56 @@ class SyntheticClip:
             if x0 < x1 and y0 < y1:
                 yield k, (slice(y0, y1), slice(x0, x1))
 
-    def frame(self, t: int) -> np.ndarray:
-        """Frame ``t`` as uint8 RGB (H, W, 3)."""
-        self._check_t(t)
+    def _render(self, t: float) -> np.ndarray:
+        """The layers composited at time ``t``, float32 RGB 0..255 (H, W, 3), no gain."""
         h, w = self.config.height, self.config.width
         image = cv2.warpAffine(
-            self._background, self._motions[0].affine(t)[:2], (w, h), flags=cv2.INTER_LINEAR
+            self._background,
+            self.pose(0, t)[:2],
+            (w, h),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT_101,
         )
         for k, box in self._object_boxes(t):
             warped = self._sample(k, t, self._xs[box], self._ys[box], colour=True)
             roi = image[box]
             roi += warped[..., 3:] * (warped[..., :3] - roi)
+        return image
+
+    def frame(self, t: int) -> np.ndarray:
+        """Frame ``t`` as uint8 RGB (H, W, 3): blurred over the clip's exposure (if any),
+        times the brightness gain of ``t``."""
+        self._check_t(t)
+        exposure = self._exposure
+        if exposure > 0:
+            offsets = np.linspace(-exposure / 2, exposure / 2, _BLUR_RENDERS)
+            image = sum(self._render(t + float(o)) for o in offsets) / _BLUR_RENDERS
+        else:
+            image = self._render(t)
+        span = max(self.config.num_frames - 1, 1)
+        image *= np.float32(1.0 + self._gain * (2.0 * t / span - 1.0))
         return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
-    def layers(self, t: int) -> np.ndarray:
-        """int32 (H, W) index of the layer visible at each pixel of frame ``t`` (0 = background)."""
+    def layers(self, t: int, points: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """int32 index of the layer visible at each pixel of frame ``t`` (0 = background):
+        (H, W), or the shape of ``points``, float32 arrays (x, y) of frame positions."""
         self._check_t(t)
+        if points is not None:
+            xs, ys = points
+            out = np.zeros(xs.shape, np.int32)
+            for k in range(1, self.num_layers):
+                out[self._sample(k, t, xs, ys, colour=False) >= 0.5] = k
+            return out
         out = np.zeros((self.config.height, self.config.width), np.int32)
         for k, box in self._object_boxes(t):
             out[box][self._sample(k, t, self._xs[box], self._ys[box], colour=False) >= 0.5] = k
         return out
 
-    def _flow_on(self, layer_map: np.ndarray, t0: int, t1: int) -> np.ndarray:
-        """Flow t0 -> t1 of each pixel, moved by the affine map of its layer in ``layer_map``."""
+    def _flow_on(
+        self, layer_map: np.ndarray, t0: int, t1: int, xs: np.ndarray, ys: np.ndarray
+    ) -> np.ndarray:
+        """Flow t0 -> t1 at points (xs, ys), each moved by the map of its layer in
+        ``layer_map``."""
         coef = np.stack([self.transform(k, t0, t1)[:2] for k in range(self.num_layers)])
         coef[:, 0, 0] -= 1.0
         coef[:, 1, 1] -= 1.0
@@ -429,12 +578,12 @@ class SyntheticClip:
         flow = np.empty((*layer_map.shape, 2), np.float32)
         for c in range(2):
             a, b, d = (coef[:, c, j][layer_map] for j in range(3))
-            flow[..., c] = a * self._xs + b * self._ys + d
+            flow[..., c] = a * xs + b * ys + d
         return flow
 
     def flow(self, t0: int, t1: int) -> np.ndarray:
         """Exact forward flow from frame ``t0`` to frame ``t1``: float32 (H, W, 2), px, x then y."""
-        return self._flow_on(self.layers(t0), t0, t1)
+        return self._flow_on(self.layers(t0), t0, t1, self._xs, self._ys)
 
     def valid(self, t0: int, t1: int) -> np.ndarray:
         """bool (H, W): True where the point seen at ``p`` in ``t0`` is visible in ``t1``.
@@ -443,19 +592,23 @@ class SyntheticClip:
         """
         return self.ground_truth(t0, t1)[1]
 
-    def ground_truth(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(flow(t0, t1), valid(t0, t1))`` computed together (cheaper than separately).
+    def ground_truth(
+        self, t0: int, t1: int, points: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(flow(t0, t1), valid(t0, t1))`` computed together (cheaper than separately), at
+        every pixel or at ``points`` (float32 arrays (x, y) of frame-``t0`` positions).
 
         A point is valid when its position in ``t1`` lies within the pixel centres of the frame
         (``0 <= x <= W - 1`` and ``0 <= y <= H - 1`` up to 1e-3 px, so frame ``t1`` can be
         interpolated there) and no layer above its own covers that position (coverage >= 0.5)
         in ``t1``.
         """
-        layer_map = self.layers(t0)
-        flow = self._flow_on(layer_map, t0, t1)
-        h, w = layer_map.shape
-        x1 = self._xs + flow[..., 0]
-        y1 = self._ys + flow[..., 1]
+        xs, ys = (self._xs, self._ys) if points is None else points
+        layer_map = self.layers(t0, points)
+        flow = self._flow_on(layer_map, t0, t1, xs, ys)
+        h, w = self.config.height, self.config.width
+        x1 = xs + flow[..., 0]
+        y1 = ys + flow[..., 1]
         # The tolerance absorbs float rounding of the flow (1e-14 px when t0 == t1).
         tol = 1e-3
         valid = (x1 >= -tol) & (x1 <= w - 1 + tol) & (y1 >= -tol) & (y1 <= h - 1 + tol)
@@ -520,7 +673,12 @@ def write_clip(
         valid=np.stack([v for _, v in truth]),
     )
     meta_path = out / f"{name}.json"
-    meta = {"config": dataclasses.asdict(cfg), "gap": gap, "num_pairs": len(pairs)}
+    meta = {
+        "generator": GENERATOR,
+        "config": dataclasses.asdict(cfg),
+        "gap": gap,
+        "num_pairs": len(pairs),
+    }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return ClipFiles(video=video_path, frames=frames_dir, ground_truth=gt_path, meta=meta_path)
 
