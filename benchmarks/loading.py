@@ -11,7 +11,7 @@ configuration, cycled to 120 samples, 40 with ``--quick``; 416 x 560 frames).
   reads) is timed on its own; samples/s counts the batches after it.
 - Data wait: :func:`cmpmodel.train.train` of the ``tiny`` arch (its 96 px crop, batch 10,
   SGD) on the CPU for :data:`STEPS` steps, with 2 workers and with none, torch on one thread
-  (:data:`TORCH_THREADS`, as ``make demo`` trains). The trainer's batch iterator is wrapped
+  (:data:`TORCH_THREADS`: the workers hold the cores). The trainer's batch iterator is wrapped
   to time how long each step waits for its batch; the fraction is that wait over the time
   between batches.
   The DataLoader starts its workers anew each epoch (no persistent workers: they would keep

@@ -383,6 +383,8 @@ def plot_curve(result: dict[str, Any], path: str | Path, title: str = "") -> Pat
                     x, y = scores["guides_per_frame"], scores["methods"][name][region]
                     axis.plot([x], [y], marker, color=colour, markersize=11, mfc="none")
         axis.set_xscale("log", base=2)
+        axis.set_xticks(GUIDE_COUNTS, [str(k) for k in GUIDE_COUNTS])
+        axis.minorticks_off()
         axis.set_xlabel("guides a frame (random; * paper sampler, square one per object)")
         axis.set_ylabel("end-point error (px)")
         axis.set_title(subtitle)
@@ -398,8 +400,9 @@ def plot_curve(result: dict[str, Any], path: str | Path, title: str = "") -> Pat
         else "exact/stored flow"
     )
     figure.suptitle(
-        f"{title + ': ' if title else ''}{result['num_samples']} {result['split']} samples, "
-        f"reference {what}, checkpoint step {result['step']}"
+        f"{title + chr(10) if title else ''}{result['num_samples']} {result['split']} samples, "
+        f"reference {what}, checkpoint step {result['step']}",
+        fontsize=11,
     )
     figure.tight_layout()
     path = Path(path)

