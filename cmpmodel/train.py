@@ -525,8 +525,9 @@ class Validation:
     """The model's and the nearest-guide baseline's mean end-point errors (px) on a fixed
     validation subset: the first ``config.val_samples`` samples of the val split of
     ``shards``, whole frames, with guidance drawn by the training guidance settings and
-    :data:`VAL_GUIDANCE_SEED`, scored as ``cmpmodel eval`` scores them (pixel-weighted over
-    the valid pixels; :mod:`cmpmodel.evaluate`).
+    :data:`VAL_GUIDANCE_SEED`, scored as ``cmpmodel eval`` scores its paper-sampler setting
+    (pixel-weighted over the valid pixels, against a synthetic sample's exact flow where it
+    has one; :mod:`cmpmodel.evaluate`).
 
     It leaves every random state alone: the guidance comes from generators seeded per sample,
     and the model runs in eval mode (no dropout, batch-norm statistics untouched), so a run
@@ -549,9 +550,9 @@ class Validation:
         """(model EPE, nearest-guide EPE), px, NaN without valid pixels; ``model`` is left in
         train mode. Raises :class:`ShardError` naming the shard of a damaged sample."""
         # cmpmodel.evaluate imports this module.
-        from cmpmodel.evaluate import model_flow, nearest_flow
+        from cmpmodel.evaluate import Tally, model_flow, reference_of, score_sample
 
-        sums, pixels = [0.0, 0.0], 0
+        tally = Tally()
         model.eval()
         try:
             for index in range(self.count):
@@ -559,8 +560,9 @@ class Validation:
                     sample = self.dataset[index]
                 except ShardError as exc:
                     raise ShardError(exc.path, f"{exc.reason}; {_DAMAGED}") from None
+                reference, objects, _ = reference_of(sample)
                 inputs = eval_inputs(
-                    sample,
+                    reference,
                     self.transform.guidance,
                     VAL_GUIDANCE_SEED,
                     mean=self.transform.mean,
@@ -568,22 +570,12 @@ class Validation:
                     multiple=model.stride,
                     min_side=model.min_side,
                 )
-                h, w = inputs["size"]
-                flows = (
-                    model_flow(model, inputs, self.flow_range, device),
-                    nearest_flow(inputs["sparse"].numpy())[0][:h, :w],
-                )
-                truth = inputs["flow"].numpy()[:, :h, :w].transpose(1, 2, 0)
-                valid = inputs["valid"].numpy()[:h, :w]
-                pixels += int(valid.sum())
-                for k, flow in enumerate(flows):
-                    error = np.hypot(*(flow - truth).transpose(2, 0, 1).astype(np.float64))
-                    sums[k] += float(error[valid].sum())
+                prediction = model_flow(model, inputs, self.flow_range, device)
+                score_sample(tally, inputs, objects, prediction)
         finally:
             model.train()
-        if not pixels:
-            return math.nan, math.nan
-        return sums[0] / pixels, sums[1] / pixels
+        methods = tally.result()["methods"]
+        return methods["model"]["epe"], methods["nearest"]["epe"]
 
     def close(self) -> None:
         self.dataset.close()
