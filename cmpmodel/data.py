@@ -92,6 +92,16 @@ class TrainTransformConfig:
             raise ConfigError(f"random_guides must be >= 0, got {self.random_guides}")
 
 
+def valid_mask(sample: StoredSample) -> np.ndarray:
+    """The pixels whose stored flow is trusted, bool (H, W): all of them without a mask."""
+    return np.ones(sample.flow.shape[:2], bool) if sample.valid is None else sample.valid
+
+
+def padded_size(h: int, w: int, multiple: int, min_side: int = 1) -> tuple[int, int]:
+    """(H, W) rounded up to multiples of ``multiple`` px, each at least ``min_side``."""
+    return max(-(-h // multiple) * multiple, min_side), max(-(-w // multiple) * multiple, min_side)
+
+
 def cut_window(
     sample: StoredSample,
     top: int,
@@ -295,7 +305,7 @@ def eval_inputs(
     elif guidance is None:
         sampler = build_sampler(guidance_config)
         guidance = sampler(sample.flow, sample_rng(seed, sample.sample_id), sample.valid)
-    padded_h, padded_w = (max(-(-side // multiple) * multiple, min_side) for side in (h, w))
+    padded_h, padded_w = padded_size(h, w, multiple, min_side)
     image, flow, valid = cut_window(sample, 0, 0, padded_h, padded_w, mean, std)
     inputs = model_inputs(sample.sample_id, image, flow, valid, guidance)
     return {**inputs, "size": (h, w), "guidance": guidance}

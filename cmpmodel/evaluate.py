@@ -55,7 +55,7 @@ from cmpdata.seeding import sample_rng
 from cmpdata.store.dataset import ShardDataset
 from cmpdata.store.shards import StoredSample
 from cmpdata.synth.truth import read_truth
-from cmpmodel.data import eval_inputs, guidance_at, random_guidance
+from cmpmodel.data import eval_inputs, guidance_at, random_guidance, valid_mask
 from cmpmodel.loss import dense_flow
 from cmpmodel.train import guidance_of_map, load_model
 
@@ -208,7 +208,7 @@ def draw_guidance(
     """The guidance of a non-paper ``setting`` on ``sample`` (module docstring); ``None`` for
     ``per_object`` on a sample without object ids."""
     rng = sample_rng(seed, f"{sample.sample_id}#guides={setting}")
-    valid = np.ones(sample.flow.shape[:2], bool) if sample.valid is None else sample.valid
+    valid = valid_mask(sample)
     if setting == PER_OBJECT:
         return None if objects is None else object_guidance(sample.flow, valid, objects, rng)
     return random_guidance(sample.flow, valid, int(setting), rng)

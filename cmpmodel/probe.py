@@ -45,7 +45,7 @@ from cmpdata.errors import ConfigError, UsageError
 from cmpdata.store.dataset import ShardDataset
 from cmpdata.store.shards import ShardError
 from cmpdata.synth.truth import read_truth
-from cmpmodel.data import RGB_MEAN, RGB_STD, cut_window
+from cmpmodel.data import RGB_MEAN, RGB_STD, cut_window, padded_size
 from cmpmodel.model import ImageEncoder, ModelConfig, build_model
 from cmpmodel.train import load_model
 
@@ -104,7 +104,7 @@ def load_frames(
                 raise ShardError(dataset.locate(index)[0], f"{sample.sample_id}: {exc}") from None
             if truth is None:
                 raise UsageError(f"{root}: {_NO_OBJECTS}")
-            padded_h, padded_w = (-(-side // stride) * stride for side in (h, w))
+            padded_h, padded_w = padded_size(h, w, stride)
             image, _, _ = cut_window(sample, 0, 0, padded_h, padded_w, mean, std)
             frames.append(
                 ProbeFrame(torch.from_numpy(image.transpose(2, 0, 1).copy()), truth.objects > 0)

@@ -46,6 +46,7 @@ from cmpdata.store.shards import StoredSample
 from cmpdata.synth.clips import load_ground_truth, make_clips
 from cmpdata.synth.metrics import endpoint_error
 from cmpdata.viz import color_wheel_legend, draw_guidance, flow_to_color, panel, save_png
+from cmpmodel.data import valid_mask
 from cmpmodel.evaluate import evaluate, format_table, plot_curve
 from cmpmodel.propagate import propagate
 from cmpmodel.train import TrainConfig, train
@@ -96,11 +97,6 @@ PROFILES: dict[str, DemoSettings] = {
 }
 NUM_GUIDES = 3
 GUIDE_SPACING = 0.2  # minimum distance between guide points, as a fraction of the short side
-
-
-def valid_mask(sample: StoredSample) -> np.ndarray:
-    """The pixels whose stored flow is trusted, bool (H, W): all of them without a mask."""
-    return np.ones(sample.flow.shape[:2], bool) if sample.valid is None else sample.valid
 
 
 def pick_guides(
