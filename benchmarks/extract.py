@@ -80,16 +80,17 @@ def run_loop(inputs: list[str], config: ExtractConfig, out: Path) -> dict[str, A
     results = extract_in_process(inputs, config)
     attrs = shard_attrs(config)
     size = config.shard_size
-    samples = [r for r in results if isinstance(r, EncodedSample)]
+    digests: list[tuple[str, str]] = []  # of the samples as stored
     for index, first in enumerate(range(0, len(results), size)):
         chunk = [r for r in results[first : first + size] if isinstance(r, EncodedSample)]
-        write_shard(out / shard_name(index), chunk, {**attrs, "shard_index": index})
+        info = write_shard(out / shard_name(index), chunk, {**attrs, "shard_index": index})
+        digests += zip((s.sample_id for s in chunk), info.digests, strict=True)
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
         "pairs": len(results),
-        "written": len(samples),
-        "content_digest": content_digest((s.sample_id, s.digest()) for s in samples),
+        "written": len(digests),
+        "content_digest": content_digest(digests),
     }
 
 

@@ -15,6 +15,8 @@ from test_errors import train_argv
 
 from cmpdata.store.dataset import ShardDataset
 from cmpdata.store.manifest import read_failures, read_manifest
+from cmpdata.synth.clips import make_clips
+from cmpdata.synth.truth import read_truth
 from cmpmodel.cli import main as cmpmodel_main
 from pipelines.cli import main as cmpdata_main
 
@@ -161,3 +163,21 @@ def test_a_long_source_through_ffmpeg_loses_no_pair(footage, tmp_path, capsys):
     # Only the pair filters drop pairs (a shot cut where the clip loops, still moments).
     assert manifest["num_samples"] + manifest["num_dropped"] == manifest["num_planned"]
     assert manifest["num_samples"] > 900, manifest["num_samples"]
+
+
+def test_synthetic_clips_beside_real_footage_share_shards(real_clips, tmp_path, capsys):
+    # The truth parts of the synthetic clip and the real video's samples without them in one
+    # shard (make bench extracts both together).
+    make_clips(tmp_path / "synth", 1, height=96, width=128, num_frames=8)
+    out = tmp_path / "ds"
+    inputs = [str(real_clips["bikes"]), str(tmp_path / "synth" / "clip000.mp4")]
+    options = "--quiet --max-pairs-per-video 2 --stride 2 --short-side 96 --val-fraction 0"
+    assert cmpdata_main(["extract", "--videos", *inputs, "--out", str(out), *options.split()]) == 0
+    assert cmpdata_main(["verify", str(out)]) == 0
+    samples = list(ShardDataset(out, split="train"))
+    assert len(read_manifest(out)["shards"]) == 1
+    assert {s.source_id for s in samples} == {"bikes.mp4", "clip000.mp4"}
+    for sample in samples:
+        truth = read_truth(sample.extras, sample.flow.shape[:2])
+        assert (truth is None) == (sample.source_id == "bikes.mp4")
+    capsys.readouterr()

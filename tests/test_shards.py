@@ -3,6 +3,7 @@ digest as a function of the stored bytes alone, and shards of another schema."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import subprocess
@@ -25,6 +26,7 @@ from cmpdata.store.shards import (
     check_written,
     encode_image,
     file_sha256,
+    with_common_parts,
     write_shard,
 )
 
@@ -152,14 +154,36 @@ def test_optional_parts_are_stored_read_and_digested(tmp_path):
         assert reader.attrs["parts"] == ["image", "flow", "valid", "guidance", "exact_flow"]
         for i, written in enumerate(samples):
             assert same(reader.encoded(i), written)
-            assert reader.read(i).extras == {"exact_flow": written.extras["exact_flow"]}
+            # Sample 0's part is empty: read back as none.
+            expected = {"exact_flow": written.extras["exact_flow"]} if i else {}
+            assert reader.read(i).extras == expected
     # The optional part is covered by the digest like any other.
     changed = EncodedSample(**{**samples[1].__dict__, "extras": {"exact_flow": b"other"}})
     assert changed.digest() != samples[1].digest()
-    with pytest.raises(ValueError, match="same parts"):
-        write_shard(tmp_path / "mixed.h5", [samples[0], awkward_sample(0, rng)], ATTRS)
     with pytest.raises(ValueError, match="optional part"):
         EncodedSample(**{**samples[0].__dict__, "extras": {"image": b""}})
+
+
+def test_samples_with_different_optional_parts_share_a_shard(tmp_path):
+    # Synthetic clips (with truth parts) and real videos (without) in one extract.
+    rng = np.random.default_rng(2)
+    plain = awkward_sample(3, rng)
+    truth = awkward_sample(5, rng, extras=True)
+    other = dataclasses.replace(awkward_sample(1, rng), extras={"objects": b"\x00\x01"})
+    samples = [plain, truth, other]
+    path = tmp_path / "shard-00000.h5"
+    info = write_shard(path, samples, ATTRS)
+    check_written(path, info, [s.sample_id for s in samples])
+    stored = with_common_parts(samples)
+    assert [sorted(s.extras) for s in stored] == [["exact_flow", "objects"]] * 3
+    assert list(info.digests) == [s.digest() for s in stored]
+    assert info.digests[0] != plain.digest()  # the digest is of the sample as stored
+    with ShardReader(path) as reader:
+        assert reader.attrs["parts"][4:] == ["exact_flow", "objects"]
+        for i, (written, padded) in enumerate(zip(samples, stored, strict=True)):
+            assert same(reader.encoded(i), padded)
+            assert reader.read(i).extras == written.extras
+        assert reader.read(0).extras == {}
 
 
 def test_an_empty_shard(tmp_path):

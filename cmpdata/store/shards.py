@@ -38,8 +38,9 @@ as stored by OpenCV), ``flow`` (forward flow t0 -> t1, :mod:`cmpdata.store.codec
 (validity mask, :func:`cmpdata.store.codec.encode_mask` bytes; empty when no mask was computed),
 ``guidance`` (K points as float32 little-endian rows ``x, y, dx, dy``: positions in pixels of
 the stored image and the flow there; 16 K bytes), in this order; then optional parts, in name
-order, present for every sample of the shard (empty where a sample has none), e.g. exact
-flow or object ids of synthetic clips for evaluation.
+order, present for every sample of the shard (empty where a sample has none, e.g. a real
+video's sample in a shard that also holds synthetic clips), e.g. exact flow or object ids
+of synthetic clips for evaluation.
 
 The digest of sample i is a function of the stored bytes alone: sha256 over four fields, each
 preceded by its length as 8 bytes little-endian: the UTF-8 ``sample_id``, the UTF-8
@@ -65,6 +66,7 @@ stored digest; :meth:`ShardReader.check` checks a whole shard reading its column
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -223,7 +225,8 @@ class EncodedSample:
 
 @dataclass(frozen=True, eq=False)
 class StoredSample:
-    """A sample read back and decoded (``extras``: the optional parts' bytes, by name)."""
+    """A sample read back and decoded (``extras``: the optional parts' bytes, by name; the
+    parts stored empty for this sample left out)."""
 
     sample_id: str
     source_id: str
@@ -315,6 +318,19 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def with_common_parts(samples: Sequence[EncodedSample]) -> list[EncodedSample]:
+    """``samples`` as one shard stores them: each with every optional part that any of them
+    has, empty where it has none (the reader leaves empty optional parts out of
+    :attr:`StoredSample.extras`)."""
+    names = sorted({name for s in samples for name in s.extras})
+    return [
+        s
+        if len(s.extras) == len(names)
+        else dataclasses.replace(s, extras={name: s.extras.get(name, b"") for name in names})
+        for s in samples
+    ]
+
+
 def write_shard(
     path: str | Path, samples: Sequence[EncodedSample], attrs: dict[str, Any]
 ) -> ShardInfo:
@@ -322,15 +338,16 @@ def write_shard(
 
     ``attrs`` must hold ``config``, ``flow_backend``, ``codec`` (JSON-serialisable) and
     ``shard_index``. A shard may hold no sample (all of its planned pairs were dropped).
-    Every sample must have the same parts. Raises ``OSError`` (with its ``errno``) when the
-    file cannot be written, e.g. on a full disk; the temporary file is removed, so no partial
-    shard is left behind. The returned :class:`ShardInfo` holds the file's sha256 and size and
-    each sample's digest.
+    Samples may have different optional parts (synthetic clips beside real videos): each is
+    stored with every optional part of the shard, empty where it has none
+    (:func:`with_common_parts`), and its digest is of the sample as stored. Raises
+    ``OSError`` (with its ``errno``) when the file cannot be written, e.g. on a full disk; the
+    temporary file is removed, so no partial shard is left behind. The returned
+    :class:`ShardInfo` holds the file's sha256 and size and each sample's digest.
     """
     path = Path(path)
+    samples = with_common_parts(samples)
     parts = samples[0].parts if samples else PARTS
-    if any(s.parts != parts for s in samples):
-        raise ValueError(f"{path}: samples of one shard must have the same parts, {parts}")
     n = len(samples)
     blobs = [s.part_bytes() for s in samples]
     meta = np.empty(n, meta_dtype(parts))
@@ -638,7 +655,7 @@ class ShardReader:
             Guidance(e.points, e.vectors),
             e.crop,
             e.scale,
-            e.extras,
+            {name: data for name, data in e.extras.items() if data},
         )
 
     def __enter__(self) -> ShardReader:
