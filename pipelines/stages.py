@@ -106,11 +106,19 @@ def _item_rows(item: WorkItem, records: Sequence[object]) -> list[dict[str, Any]
     return [{"shard": item.shard, "payload": p} for p in batch["payload"]]
 
 
-def decode_stage(row: dict[str, Any], config: ExtractConfig) -> list[dict[str, Any]]:
-    """Ray Data flat_map: one work item -> its frame pairs and dropped pairs."""
+def decode_stage(
+    batch: dict[str, np.ndarray], config: ExtractConfig, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data map_batches over work items: their frame pairs and dropped pairs, yielded
+    ``batch_size`` records at a time, so that a task holds one batch of frames, however long
+    its item (Ray Data gathers what it yields into blocks of at most its
+    ``target_max_block_size``)."""
     _limit_threads()
-    item: WorkItem = pickle.loads(row["payload"])
-    return _item_rows(item, list(decode_item(item, config)))
+    for item in _unbatch(batch)[1]:
+        assert isinstance(item, WorkItem)
+        with contextlib.closing(decode_item(item, config)) as records:
+            while chunk := list(itertools.islice(records, batch_size)):
+                yield _batch([item.shard] * len(chunk), chunk)
 
 
 def flow_records(

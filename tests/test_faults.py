@@ -227,10 +227,12 @@ def pids() -> Iterator[int]:
 
 
 def busy_ray_workers(raylet: int) -> Iterator[int]:
-    """The worker processes of the Ray node ``raylet`` (its pid) that are decoding a video
-    right now: the parents of decord subprocesses. Other Rays on the machine are not ours."""
+    """The worker processes of the Ray node ``raylet`` (its pid) that are decoding videos:
+    the parents of decord servers (a worker starts its server on its first decode, so one
+    found within the watcher's 20 ms poll is found in its first task). Other Rays on the
+    machine are not ours."""
     for pid in pids():
-        if b"_decord_main" in command_line(pid):
+        if b"_decord_server" in command_line(pid):
             worker = parent_of(pid)
             if worker and parent_of(worker) == raylet:
                 yield worker
@@ -588,9 +590,11 @@ def test_a_hanging_decoder_is_abandoned_recorded_and_the_run_goes_on(
     assert verify_dataset(tmp_path / "ds", progress=False).ok
 
 
-# One work item through decode, flow, guidance and encoding, as a Ray worker runs it; prints
-# the process's peak resident memory (MB) before and after. argv: video, width, height,
-# frames, pairs, stride, short side (0: keep), batch size.
+# One work item as a Ray worker runs it, on the CPU path (decode, flow, guidance and encoding
+# in one task: "cpu") or the GPU path's decode task ("decode": its batches of frame pairs,
+# each pickled and let go, as Ray Data takes them); prints the process's peak resident
+# memory (MB) before and after. argv: path, video, width, height, frames, pairs, stride,
+# short side (0: keep), batch size.
 PEAK_MEMORY = """
 import json, pickle, sys
 from pathlib import Path
@@ -598,9 +602,10 @@ from cmpdata.config import ExtractConfig
 from cmpdata.io.pairs import PairConfig, pair_indices
 from cmpdata.records import VideoInfo
 from cmpdata.io.sources import find_sources
-from pipelines.stages import WorkItem, cpu_stage
+from pipelines.stages import WorkItem, _batch, _unbatch, cpu_stage, decode_stage
 
-video, w, h, frames, n, stride, short, batch = sys.argv[1], *map(int, sys.argv[2:])
+path, video = sys.argv[1:3]
+w, h, frames, n, stride, short, batch = map(int, sys.argv[3:])
 config = ExtractConfig(pairs=PairConfig(gap=1, stride=stride, short_side=short or None),
                        jpeg_quality=10)
 item = WorkItem(0, find_sources([video])[0], VideoInfo(w, h, frames),
@@ -613,9 +618,16 @@ def peak():
     return int(next(x for x in lines if x.startswith("VmHWM:")).split()[1]) / 1024
 
 before = peak()
-rows = cpu_stage({"payload": pickle.dumps(item)}, config, {"preset": "ultrafast"}, batch)
-kinds = sorted({type(pickle.loads(r["payload"])).__name__ for r in rows})
-print(json.dumps({"before": before, "after": peak(), "rows": len(rows), "kinds": kinds}))
+if path == "cpu":
+    rows = cpu_stage({"payload": pickle.dumps(item)}, config, {"preset": "ultrafast"}, batch)
+    kinds = [type(pickle.loads(r["payload"])).__name__ for r in rows]
+else:
+    kinds = []
+    for out in decode_stage(_batch([0], [item]), config, batch):
+        pickle.dumps(out)  # as Ray Data serialises each batch it is given
+        kinds += [type(r).__name__ for r in _unbatch(out)[1]]
+got = {"before": before, "after": peak(), "rows": len(kinds), "kinds": sorted(set(kinds))}
+print(json.dumps(got))
 """
 
 
@@ -629,6 +641,7 @@ def make_video(path: Path, width: int, height: int, frames: int) -> Path:
 
 
 def peak_memory(
+    path: str,
     video: Path,
     size: tuple[int, int, int],
     counts: tuple[int, ...],
@@ -636,7 +649,8 @@ def peak_memory(
     short_side: int,
     batch: int,
 ) -> list[dict]:
-    """PEAK_MEMORY for each number of pairs in ``counts``, the processes side by side."""
+    """PEAK_MEMORY on ``path`` for each number of pairs in ``counts``, the processes side by
+    side."""
     # A fixed threshold keeps glibc from serving large frames out of its heap, where a freed
     # frame stays resident: the peak then measures the frames alive, not the heap's history.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -646,7 +660,7 @@ def peak_memory(
                 sys.executable,
                 "-c",
                 PEAK_MEMORY,
-                *map(str, (video, *size, n, stride, short_side, batch)),
+                *map(str, (path, video, *size, n, stride, short_side, batch)),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -661,7 +675,8 @@ def peak_memory(
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-3000:]
         got = json.loads(out.strip().splitlines()[-1])
-        assert got["rows"] == n and got["kinds"] == ["EncodedSample"]
+        kind = "EncodedSample" if path == "cpu" else "FramePair"
+        assert got["rows"] == n and got["kinds"] == [kind]
         results.append(got)
     return results
 
@@ -679,11 +694,12 @@ def peak_memory(
     ],
     ids=["long-stream", "4K"],
 )
+@pytest.mark.parametrize("path", ["cpu", "decode"])
 def test_peak_memory_does_not_grow_with_the_input(
-    size, counts, stride, short_side, batch, tolerance_mb, tmp_path
+    path, size, counts, stride, short_side, batch, tolerance_mb, tmp_path
 ):
     video = make_video(tmp_path / "clip.mp4", *size)
-    short, long = peak_memory(video, size, counts, stride, short_side, batch)
+    short, long = peak_memory(path, video, size, counts, stride, short_side, batch)
     growth = long["after"] - short["after"]
     assert growth < tolerance_mb, f"peak grew by {growth:.1f} MB: {short} -> {long}"
 

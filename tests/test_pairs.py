@@ -47,8 +47,14 @@ def assert_names(error: pytest.ExceptionInfo, path: Path | str, reason: str) -> 
     assert reason in str(error.value)
 
 
+def idle_servers() -> set[int]:
+    """This process's decord servers waiting for their next request."""
+    return {child.process.pid for child, _ in decoders._SERVERS._idle}
+
+
 def children() -> set[int]:
-    """Processes whose parent is this one, zombies included."""
+    """Processes whose parent is this one, zombies included, less the idle decord servers
+    (kept for the next request: they are not a decoder left running)."""
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -57,7 +63,7 @@ def children() -> set[int]:
             continue
         if int(fields[1]) == os.getpid():
             found.add(int(stat.parent.name))
-    return found
+    return found - idle_servers()
 
 
 def ffmpeg(*args: str) -> None:
@@ -293,6 +299,37 @@ def test_a_stream_that_stalls_midway_times_out(clips, fifo: Path) -> None:
     # Frames already decoded may still sit in ffmpeg's queues when it stalls.
     assert got in ([], [(0, 0)], [(0, 0), (1, 1)])
     assert not children() - before
+
+
+def test_one_decord_server_answers_request_after_request(clips, fifo: Path, monkeypatch) -> None:
+    decoders.close_decord_servers()
+    source = source_of(clips["mp4"])
+    for _ in range(3):
+        got = list(read_frames(source, STRIDED, decoder="decord", info=probe_info()))
+        assert [t for t, _ in got] == [read_index(f) for _, f in got] == STRIDED
+    (server,) = idle_servers()
+    assert decoders.decord_frame_count(clips["mp4"]) == NUM_FRAMES
+    assert idle_servers() == {server}
+    # A hang kills it; the next request starts another, which answers as the first did.
+    with pytest.raises(DecodeTimeout):
+        list(read_frames(source_of(fifo), [0], decoder="decord", timeout=1, info=probe_info()))
+    assert not idle_servers() and not alive(server)
+    assert [t for t, _ in read_frames(source, [5], decoder="decord", info=probe_info())] == [5]
+    (second,) = idle_servers()
+    assert second != server
+    # A server is replaced after _SERVER_REQUESTS requests.
+    monkeypatch.setattr(decoders, "_SERVER_REQUESTS", 2)
+    decoders.decord_frame_count(clips["mp4"])
+    assert not idle_servers() and not alive(second)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 @pytest.mark.parametrize("decoder", DECODERS)

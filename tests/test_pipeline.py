@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -73,6 +74,36 @@ def test_one_and_two_workers_give_the_same_dataset(synth_clips: Path, clean_run:
     clean = read_manifest(clean_run)
     assert result.manifest["plan_fingerprint"] == clean["plan_fingerprint"]
     assert result.manifest["content_digest"] == clean["content_digest"]
+
+
+# The GPU path's plumbing (decode tasks that stream batches, a pool of flow actors, then the
+# finishing tasks) on a Ray of its own that declares one GPU; DIS never touches it.
+GPU_PATH = """
+import json, sys
+import ray
+sys.path.insert(0, "tests")
+from test_pipeline import CONFIG, videos
+from pipelines.extract import RunSettings, extract
+
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+run = RunSettings(num_gpus=1, batch_size=2, progress=False)
+result = extract(videos(__import__("pathlib").Path(sys.argv[1])), sys.argv[2], CONFIG, run)
+print(json.dumps([result.complete, result.manifest["content_digest"]]))
+"""
+
+
+def test_the_gpu_path_gives_the_same_dataset(synth_clips: Path, clean_run: Path, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", GPU_PATH, str(synth_clips), str(tmp_path / "gpu")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "RAY_BACKEND_LOG_LEVEL": "fatal"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    complete, digest = json.loads(done.stdout.strip().splitlines()[-1])
+    assert complete and digest == read_manifest(clean_run)["content_digest"]
 
 
 def test_rerun_resumes_and_other_options_are_refused(synth_clips: Path, clean_run: Path, tmp_path):

@@ -2,13 +2,21 @@
 strictly.
 
 Decoders never run in this process. decord can spin forever (holding the GIL) on a file
-whose frame count is over-reported, so it runs in a fresh Python subprocess
-(``sys.executable -c ...``: like multiprocessing's "spawn", without re-importing the
-caller's main module, and usable from daemonic workers) that writes frames to a pipe;
-ffmpeg is a subprocess too. Both are read with a deadline: they signal every decoded frame
-(decord every few skipped frames, ffmpeg through its ``showinfo`` log) and are killed when
-nothing comes for ``timeout`` seconds, raising :class:`DecodeTimeout`. They are killed and
-reaped however the reading ends.
+whose frame count is over-reported, so it runs in a Python subprocess (``sys.executable -c
+...``: like multiprocessing's "spawn", without re-importing the caller's main module, and
+usable from daemonic workers) that writes frames to a pipe; ffmpeg is a subprocess too. Both
+are read with a deadline: they signal every decoded frame (decord every few skipped frames,
+ffmpeg through its ``showinfo`` log) and are killed when nothing comes for ``timeout``
+seconds, raising :class:`DecodeTimeout`.
+
+The decord subprocess is long-lived (:class:`_DecordServers`): starting Python and importing
+decord takes ~100 ms, more than decoding a short clip, so each process keeps one decord
+server per thread that decodes at a time and sends it one request (a video, the wanted
+frames) after another. A server that hangs, dies, fails a request or is left part-way (the
+reader stopped early) is killed and reaped, and the next request starts a fresh one; a
+server is also replaced after :data:`_SERVER_REQUESTS` requests, so that what decord might
+leak stays bounded. ffmpeg runs once per request and is killed and reaped however the
+reading ends.
 
 Frames are decoded sequentially (decord's random access can return the wrong frame on files
 with B-frames); only the requested ones are converted to RGB and sent back. Each reader is
@@ -18,7 +26,10 @@ with B-frames); only the requested ones are converted to RGB and sent back. Each
 
 from __future__ import annotations
 
+import atexit
 import collections
+import contextlib
+import json
 import logging
 import os
 import re
@@ -54,14 +65,16 @@ class _Decoder:
     reaps the process.
     """
 
-    def __init__(self, cmd: list[str], path: Path, name: str, timeout: float) -> None:
+    def __init__(
+        self, cmd: list[str], path: Path, name: str, timeout: float, requests: bool = False
+    ) -> None:
         self.path, self.name, self.timeout = path, name, timeout
         self.decoded = 0
         self.tail: collections.deque[str] = collections.deque(maxlen=20)
         self.last_activity = time.monotonic()
         self.process = subprocess.Popen(
             cmd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if requests else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=0,
@@ -79,6 +92,19 @@ class _Decoder:
                 self.tail.append(line)
             elif " n:" in line:
                 self.decoded += 1
+
+    def request(self, path: Path, timeout: float, line: bytes) -> None:
+        """Send one request line to a server started with ``requests``; its answer is read
+        with :meth:`read` against ``timeout``, and failures name ``path``."""
+        assert self.process.stdin is not None
+        self.path, self.timeout = path, timeout
+        self.tail.clear()
+        self.last_activity = time.monotonic()
+        try:
+            self.process.stdin.write(line)
+            self.process.stdin.flush()
+        except OSError:  # the server died: reading its answer says how
+            pass
 
     def read(self, size: int) -> bytearray | None:
         """Exactly ``size`` bytes of stdout, or None if it ends first.
@@ -109,9 +135,10 @@ class _Decoder:
             self.process.kill()
         self.process.wait()
         self._stderr_reader.join()
-        for stream in (self.process.stdout, self.process.stderr):
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):  # stdin's last flush to a dead server
+                    stream.close()
 
     def complaint(self) -> str:
         """The causes in the last log lines, short; the lines themselves go to the log."""
@@ -137,21 +164,19 @@ def _child_env() -> dict[str, str]:
 
 # decord -----------------------------------------------------------------------------------------
 
-# Messages of the decord subprocess: kind, value (count or frame index), height, width, then
-# nbytes of payload (frame RGB bytes or error text). Kinds: C count, A alive, F frame, E end,
-# X error.
+# Messages of the decord server, for each request: kind, value (count or frame index), height,
+# width, then nbytes of payload (frame RGB bytes or error text). Kinds: C count, A alive,
+# F frame, E end, X error. A request is one line of JSON, ``[video, [wanted indices]]``.
 _HEADER = struct.Struct("<cqiiq")
 _SKIP_CHUNK = 16  # frames skipped between two "alive" messages
-_DECORD_CHILD = f"from {__name__} import _decord_main; _decord_main()"  # moves with it
+_DECORD_CHILD = f"from {__name__} import _decord_server; _decord_server()"  # moves with it
+_SERVER_REQUESTS = 256  # requests a decord server answers before it is replaced
 
 
-def _decord_main() -> None:
-    """Entry point of the decord subprocess.
-
-    ``sys.argv[1]`` is the video, ``sys.argv[2]`` a file of wanted frame indices (ascending,
-    whitespace-separated). Writes the count, then each wanted frame (skipping the others
-    without converting them), then an end or error message.
-    """
+def _decord_server() -> None:
+    """Entry point of the decord server: answers each request line on stdin (until stdin
+    closes) with the video's frame count, then each wanted frame (ascending; the others are
+    skipped without converting them), then an end or error message."""
     out = os.fdopen(os.dup(1), "wb")
     # Whatever the C libraries print must not corrupt the message stream: send it to stderr.
     os.dup2(2, 1)
@@ -163,28 +188,30 @@ def _decord_main() -> None:
         out.write(data)
         out.flush()
 
-    try:
-        import decord
+    for line in sys.stdin.buffer:
+        reader = None
+        try:
+            import decord
 
-        path, index_file = sys.argv[1], sys.argv[2]
-        indices = [int(word) for word in Path(index_file).read_text().split()]
-        reader = decord.VideoReader(path)
-        send(b"C", len(reader))
-        position = 0
-        for index in indices:
-            while position < index:
-                step = min(index - position, _SKIP_CHUNK)
-                reader.skip_frames(step)
-                position += step
-                send(b"A")
-            frame = reader.next().asnumpy()
-            position = index + 1
-            send(b"F", index, frame.shape, np.ascontiguousarray(frame).tobytes())
-        send(b"E")
-    except StopIteration:
-        send(b"E")
-    except Exception as exc:  # whatever decord raises goes to the parent as text
-        send(b"X", data=_decord_reason(exc).encode())
+            path, indices = json.loads(line)
+            reader = decord.VideoReader(path, num_threads=1)  # one worker, one core
+            send(b"C", len(reader))
+            position = 0
+            for index in indices:
+                while position < index:
+                    step = min(index - position, _SKIP_CHUNK)
+                    reader.skip_frames(step)
+                    position += step
+                    send(b"A")
+                frame = reader.next().asnumpy()
+                position = index + 1
+                send(b"F", index, frame.shape, np.ascontiguousarray(frame).tobytes())
+            send(b"E")
+        except StopIteration:
+            send(b"E")
+        except Exception as exc:  # whatever decord raises goes to the parent as text
+            send(b"X", data=_decord_reason(exc).encode())
+        del reader
 
 
 def _decord_reason(exc: BaseException) -> str:
@@ -196,45 +223,94 @@ def _decord_reason(exc: BaseException) -> str:
     return clip_text(text, MAX_REASON)
 
 
+class _DecordServers:
+    """This process's idle decord servers: a request takes one (or starts one), and gives it
+    back when its answer was read to the end."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[tuple[_Decoder, int]] = []  # server, requests answered
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def server(self, path: Path, timeout: float) -> Iterator[_Decoder]:
+        """A running server for one request about ``path``; given back if the block ends
+        without an error and the server answered fewer than :data:`_SERVER_REQUESTS`,
+        killed and reaped otherwise."""
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the servers are the parent's
+                self._idle, self._pid = [], os.getpid()
+            child, served = self._idle.pop() if self._idle else (None, 0)
+        if child is None or child.process.poll() is not None:
+            cmd = [sys.executable, "-c", _DECORD_CHILD]
+            child, served = _Decoder(cmd, path, "decord", timeout, requests=True), 0
+        try:
+            yield child
+        except BaseException:
+            child.close()
+            raise
+        if served + 1 < _SERVER_REQUESTS and child.process.poll() is None:
+            with self._lock:
+                self._idle.append((child, served + 1))
+        else:
+            child.close()
+
+    def close(self) -> None:
+        """Kill and reap the idle servers."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for child, _ in idle:
+            child.close()
+
+
+_SERVERS = _DecordServers()
+
+
+def close_decord_servers() -> None:
+    """Kill and reap this process's idle decord servers (they are started again when needed);
+    also done at exit."""
+    _SERVERS.close()
+
+
+atexit.register(close_decord_servers)
+
+
 def _decord_messages(
     path: Path, indices: Sequence[int], timeout: float
 ) -> Iterator[tuple[bytes, int, np.ndarray | None]]:
-    """Runs :func:`_decord_main` and yields its messages ``(kind, value, frame or None)``
-    until the end message.
+    """Sends one request to a decord server and yields its messages ``(kind, value, frame or
+    None)`` until the end message.
 
-    The subprocess is killed and reaped however this generator ends. Raises
-    :class:`DecodeTimeout` after ``timeout`` seconds without a message, :class:`DecodeError`
-    if decord reports an error, finds no frames, or its process dies.
+    Raises :class:`DecodeTimeout` after ``timeout`` seconds without a message, :class:`DecodeError`
+    if decord reports an error, finds no frames, or its process dies. A generator closed
+    before the end kills its server.
     """
-    with tempfile.TemporaryDirectory(prefix="cmp-decord-") as scratch:
-        index_file = Path(scratch) / "indices.txt"
-        index_file.write_text(" ".join(map(str, indices)))
-        cmd = [sys.executable, "-c", _DECORD_CHILD, str(path), str(index_file)]
-        with _Decoder(cmd, path, "decord", timeout) as child:
-            while True:
-                header = child.read(_HEADER.size)
-                payload = None
-                if header is not None:
-                    kind, value, height, width, nbytes = _HEADER.unpack(header)
-                    payload = child.read(nbytes)
-                if payload is None:
-                    child.close()
-                    raise DecodeError(
-                        path,
-                        f"decord died (exit code {child.process.returncode}): {child.complaint()}",
-                    )
-                if kind == b"X":
-                    raise DecodeError(path, f"decord: {payload.decode(errors='replace')}")
-                if kind == b"C" and value == 0:
-                    raise DecodeError(path, "decord: the video stream holds no frames")
-                if kind == b"E":
-                    return
-                frame = (
-                    np.frombuffer(payload, np.uint8).reshape(height, width, 3)
-                    if kind == b"F"
-                    else None
+    with _SERVERS.server(path, timeout) as child:
+        child.request(
+            path, timeout, json.dumps([str(path), list(map(int, indices))]).encode() + b"\n"
+        )
+        while True:
+            header = child.read(_HEADER.size)
+            payload = None
+            if header is not None:
+                kind, value, height, width, nbytes = _HEADER.unpack(header)
+                payload = child.read(nbytes)
+            if payload is None:
+                child.close()
+                raise DecodeError(
+                    path,
+                    f"decord died (exit code {child.process.returncode}): {child.complaint()}",
                 )
-                yield kind, value, frame
+            if kind == b"X":
+                raise DecodeError(path, f"decord: {payload.decode(errors='replace')}")
+            if kind == b"C" and value == 0:
+                raise DecodeError(path, "decord: the video stream holds no frames")
+            if kind == b"E":
+                return
+            frame = (
+                np.frombuffer(payload, np.uint8).reshape(height, width, 3) if kind == b"F" else None
+            )
+            yield kind, value, frame
 
 
 def decord_frame_count(path: str | Path, timeout: float = 30.0) -> int:
@@ -244,14 +320,11 @@ def decord_frame_count(path: str | Path, timeout: float = 30.0) -> int:
     gives no answer within ``timeout`` seconds.
     """
     path = Path(path)
-    messages = _decord_messages(path, (), timeout)
-    try:
-        for kind, value, _ in messages:
-            if kind == b"C":
-                return value
-    finally:
-        messages.close()
-    raise DecodeError(path, "decord gave no frame count")
+    # Read to the end (no frame is wanted: the count, then the end), keeping the server.
+    counts = [value for kind, value, _ in _decord_messages(path, (), timeout) if kind == b"C"]
+    if not counts:
+        raise DecodeError(path, "decord gave no frame count")
+    return counts[0]
 
 
 def _read_decord(

@@ -20,7 +20,7 @@ How a flow is stored (format ``CMPF``, version 1)
    levels stacked over the y levels in one ``2h x w`` uint16 image.
 4. **Error control.** The encoder decodes its own output and measures the mean absolute error
    per component at full resolution against the input. It tries the AVIF qualities
-   ``quality, quality + 2, ...`` and finally 100 (lossless levels) and keeps the first that
+   ``quality, quality + 1, ...`` up to 100 (lossless levels) and keeps the first that
    stays within ``max_mae`` (default 0.08 px). When none does at ``downscale``, it tries full
    resolution (``d = 1``), and when that fails too (a flow spanning more than about
    ``4094 * 4 * max_mae`` px, ~1300 px by default, whose rounding to 12-bit levels alone
@@ -132,7 +132,7 @@ class FlowCodec:
     downscale: int = 2  # store at max(1, H // downscale) x max(1, W // downscale) samples
     max_mae: float = 0.08  # bound on the mean abs error per component at full resolution (px)
     step: float = 1 / 16  # finest quantisation step (px); coarser for a component spanning more
-    quality: int = 95  # first AVIF quality tried (0-100); raised by 2, then 100, until in bound
+    quality: int = 96  # first AVIF quality tried (0-100); raised by 1 until in bound
     speed: int = 9  # libaom encoder speed, 0 (slowest, smallest) to 10
 
     def __post_init__(self) -> None:
@@ -175,18 +175,22 @@ class FlowCodec:
                 "only finite flows can be stored"
             )
         _require_avif()
+        flow = np.ascontiguousarray(flow)
         planes = np.ascontiguousarray(flow.transpose(2, 0, 1))  # (2, H, W): x, y
         reduced = (max(1, height // self.downscale), max(1, width // self.downscale))
         for grid in dict.fromkeys((reduced, (height, width))):
             low = _fit_low_res(planes, grid)
-            if _mae(_upsample(low, height, width), planes) > self.max_mae:
-                continue  # the grid alone misses the bound: no quality can help
             fields, levels = _quantise(low, self.step)
-            for quality in (*range(self.quality, 100, 2), 100):
+            for quality in (*range(self.quality, 100), 100):
                 body = _AVIF_FIELDS.pack(*grid, *fields) + _avif(levels, quality, self.speed)
-                decoded = _decode_avif(height, width, body)
-                if _mae(decoded.transpose(2, 0, 1), planes) <= self.max_mae:
+                if _mae(_decode_avif(height, width, body), flow) <= self.max_mae:
                     return _pack(FLOW_MAGIC, METHOD_AVIF, height, width, body)
+                # After a first miss, checked once: when the grid alone misses the bound, no
+                # quality can help.
+                if quality == self.quality and _mae(_upsample(low, height, width), flow) > (
+                    self.max_mae
+                ):
+                    break
         raw = zlib.compress(np.ascontiguousarray(flow, "<f4").tobytes(), _ZLIB_LEVEL)
         return _pack(FLOW_MAGIC, METHOD_RAW, height, width, raw)
 
@@ -361,11 +365,11 @@ def _avif(levels: np.ndarray, quality: int, speed: int) -> bytes:
 
 
 def _upsample(low: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(2, h, w) -> (2, H, W) with cv2's bilinear resize, as the decoder does."""
-    if low.shape[1:] == (height, width):
-        return low
+    """(2, h, w) -> (H, W, 2) with cv2's bilinear resize, as the decoder does."""
     hw2 = np.ascontiguousarray(low.transpose(1, 2, 0))
-    return cv2.resize(hw2, (width, height), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    if low.shape[1:] == (height, width):
+        return hw2
+    return cv2.resize(hw2, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _quantise(low: np.ndarray, step: float) -> tuple[list[float], np.ndarray]:
@@ -422,7 +426,9 @@ def _decode_avif(height: int, width: int, body: bytes) -> np.ndarray:
 
 
 def _mae(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).mean(dtype=np.float64))
+    """Mean absolute difference of two C-contiguous float32 (H, W, 2) arrays, both components
+    together (OpenCV's L1 norm, summed in double: ~10x faster than numpy's, no temporary)."""
+    return cv2.norm(a, b, cv2.NORM_L1) / a.size
 
 
 def _pack(magic: bytes, method: int, height: int, width: int, body: bytes) -> bytes:
