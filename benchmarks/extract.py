@@ -29,6 +29,10 @@ milliseconds per pair of probing the source (as planning does), decoding, the fr
 filters, the flow, the flow filters, the guidance and the encoding (JPEG frame, flow codec);
 the goal is on their sum without the flow (:data:`GOAL_NON_FLOW_MS`).
 
+The driver's own cost a pair (:func:`driver_cost`: gathering the encoded samples from Ray
+Data and writing the shards, in CPU time of the driver process) gives the most pairs a second
+one driver can take, whatever the cluster: the ceiling.
+
 Throughput is planned pairs per second (dropped pairs count: they were decoded too). The
 loop's content digest (:func:`cmpdata.store.manifest.content_digest` over its encoded samples
 in plan order) is compared with each manifest's ``content_digest``: the same stages and config must
@@ -41,16 +45,20 @@ fails, where the pipeline keeps the pairs it got).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import os
+import pickle
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import ray
+import ray.data
 
 import pipelines.extract as pipeline
 from benchmarks.common import (
@@ -71,6 +79,7 @@ from cmpdata.io.pairs import iter_pairs
 from cmpdata.io.sources import find_sources, probe
 from cmpdata.records import Dropped
 from cmpdata.stages import compute_flows, guide
+from cmpdata.store.directory import write_finished_shard
 from cmpdata.store.manifest import content_digest
 from cmpdata.store.shards import EncodedSample, encode_sample, shard_name, write_shard
 
@@ -213,6 +222,40 @@ def stage_budget(inputs: list[str], config: ExtractConfig) -> dict[str, float]:
     return {stage: 1e3 * s / max(count, 1) for stage, s in seconds.items()}
 
 
+DRIVER_PAIRS, DRIVER_PAIRS_QUICK = 2048, 512
+GOAL_DRIVER_PAIRS_PER_S = 5000.0  # about 25 GPUs at 200 pairs/s each
+
+
+def driver_cost(
+    samples: Sequence[EncodedSample], pairs: int, config: ExtractConfig, out: Path
+) -> dict[str, float]:
+    """CPU milliseconds a pair costs the driver of ``extract`` (this process, all its
+    threads): ``gather``, ``pairs`` encoded samples (``samples`` cycled, with distinct ids)
+    coming out of a Ray Data stage as rows and unpickled, as
+    :func:`pipelines.extract.run_pipeline` yields them; ``write``,
+    :func:`cmpdata.store.directory.write_finished_shard` of each ``shard_size`` of them (the
+    file, its read-back check and its done marker)."""
+    cycled = [
+        dataclasses.replace(s, sample_id=f"{s.source_id}#{k:06d}-{k + 1:06d}")
+        for k, s in enumerate(itertools.islice(itertools.cycle(samples), pairs))
+    ]
+    rows = [{"shard": 0, "payload": pickle.dumps(s)} for s in cycled]
+    # Blocks of 64 rows, about a work item's results.
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, pairs // 64))
+    dataset = dataset.map_batches(lambda batch: batch, batch_size=64)
+    start = time.process_time()
+    for row in dataset.iter_rows():
+        pickle.loads(row["payload"])
+    gather = time.process_time() - start
+    attrs = shard_attrs(config)
+    start = time.process_time()
+    for index, first in enumerate(range(0, len(cycled), config.shard_size)):
+        chunk = cycled[first : first + config.shard_size]
+        write_finished_shard(out, index, chunk, [], attrs, "0" * 64)
+    write = time.process_time() - start
+    return {"gather_ms": 1e3 * gather / pairs, "write_ms": 1e3 * write / pairs}
+
+
 def one_run(
     workers: int | None, inputs: list[str], config: ExtractConfig, out: Path
 ) -> dict[str, Any]:
@@ -243,6 +286,12 @@ def measure(bench: Bench) -> dict[str, Any]:
             for name, workers in variants.items():
                 result = one_run(workers, inputs, config, Path(tempfile.mkdtemp(dir=scratch)))
                 runs[name].append(result | {"repeat": repeat})
+        encoded = [r for r in extract_in_process(real, config) if isinstance(r, EncodedSample)]
+        pairs = DRIVER_PAIRS_QUICK if bench.quick else DRIVER_PAIRS
+        driver = [
+            driver_cost(encoded, pairs, config, Path(tempfile.mkdtemp(dir=scratch)))
+            for _ in range(1 if bench.quick else 3)
+        ]
     finally:
         ray.shutdown()
     budgets = [stage_budget(real, config) for _ in range(1 if bench.quick else 2)]
@@ -338,6 +387,34 @@ def measure(bench: Bench) -> dict[str, Any]:
             key="extract.stage.non_flow_ms",
         )
     )
+    per_pair = [d["gather_ms"] + d["write_ms"] for d in driver]
+    figures += [
+        measured(
+            PART,
+            "driver: gather",
+            [d["gather_ms"] for d in driver],
+            "ms/pair",
+            note="rows from Ray Data, unpickled",
+            key="extract.driver.gather_ms",
+        ),
+        measured(
+            PART,
+            "driver: write",
+            [d["write_ms"] for d in driver],
+            "ms/pair",
+            note="shard, read-back, done marker",
+            key="extract.driver.write_ms",
+        ),
+        measured(
+            PART,
+            "driver ceiling",
+            [1e3 / ms for ms in per_pair],
+            "pairs/s",
+            goal=(">=", GOAL_DRIVER_PAIRS_PER_S),
+            note="1 / (gather + write), CPU time of the driver; real clips' samples",
+            key="extract.driver.ceiling_pairs_per_s",
+        ),
+    ]
     conditions = {
         "pairs": pairs,
         "inputs": {"synthetic_clips": len(bench.clips), "videos": [str(p) for p in bench.videos]},
@@ -348,6 +425,7 @@ def measure(bench: Bench) -> dict[str, Any]:
         "batch_size": pipeline.RunSettings().batch_size,
     }
     details = {
+        "driver_ms_per_pair": driver,
         "first_extract": first,
         "runs": runs,
         "digests_match": digests == {loop_digest},
