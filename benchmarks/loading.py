@@ -7,8 +7,12 @@ configuration, cycled to 120 samples, 40 with ``--quick``; 416 x 560 frames).
 - Loader speed: the trainer's DataLoader (:func:`cmpmodel.data.make_train_loader`: shuffled,
   batch 10, the default) over ``ShardDataset`` with :class:`cmpmodel.data.TrainTransform` at
   its defaults (320 px crop, flips, watershed + grid guidance drawn on the crop), with 0, 1 and
-  2 worker processes. One epoch per repeat. The first batch (worker start-up and the first
-  reads) is timed on its own; samples/s counts the batches after it.
+  2 worker processes, torch on one thread (:data:`TORCH_THREADS`, what DataLoader workers
+  get). One epoch per repeat. The first batch (worker start-up and the first reads) is timed
+  on its own; samples/s counts the batches after it. The goal is :data:`GOAL_SAMPLES`
+  samples/s in one process (0 workers); a figure compares that with the
+  :data:`BEFORE_SAMPLES` measured before the reader kept a shard's small columns and the crop
+  took a table look-up and OpenCV's mirror (issue 16).
 - Data wait: :func:`cmpmodel.train.train` of the ``tiny`` arch (its 96 px crop, batch 10,
   SGD) on the CPU for :data:`STEPS` steps, with 2 workers and with none, torch on one thread
   (:data:`TORCH_THREADS`: the workers hold the cores). The trainer's batch iterator is wrapped
@@ -49,9 +53,13 @@ WORKERS = (0, 1, 2)
 STEPS, STEPS_QUICK = 24, 8
 ARCH = "tiny"
 # With two threads a step took 0.5 to 8 s on the shared 2-core machine (each thread waiting
-# for the other's core); with one it is steady.
+# for the other's core); with one it is steady. The same holds for the loader's collation
+# (torch.stack of 37 MB a batch): with no workers and a core busy elsewhere, two threads gave
+# 19-198 samples/s where one gave 88-249, interleaved in one process.
 TORCH_THREADS = 1
 GOAL_WAIT = 0.05  # "the model does not wait": at most 5 % of a step spent waiting for data
+GOAL_SAMPLES = 150.0  # samples/s one process delivers (0 workers)
+BEFORE_SAMPLES = 54.0  # samples/s per process before issue 16 (15 h5py look-ups a sample)
 
 Wait = tuple[int, float, float]  # position of the batch in its epoch, when asked (s), waited (s)
 
@@ -74,6 +82,17 @@ def loader_rate(
         return count / (time.perf_counter() - first)
 
     return run
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch on ``count`` threads inside the block, as many as before after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -139,14 +158,13 @@ def train_waits(training_set: Path, workers: int, steps: int, out: Path) -> list
         log_every=steps,
     )
     waits: list[Wait] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(TORCH_THREADS)
     # The trainer's progress bar would break into the benchmark's own output.
-    try:
-        with recorded_waits(waits), contextlib.redirect_stderr(io.StringIO()):
-            trainer.train(config)
-    finally:
-        torch.set_num_threads(threads)
+    with (
+        torch_threads(TORCH_THREADS),
+        recorded_waits(waits),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        trainer.train(config)
     return waits
 
 
@@ -163,7 +181,8 @@ def measure(bench: Bench) -> dict[str, Any]:
         name = f"{w} worker{'s' * (w != 1)}"
         first[name] = []
         variants[name] = loader_rate(dataset, w, first[name])
-    rates = interleaved(variants, repeats, warmup=0)
+    with torch_threads(TORCH_THREADS):
+        rates = interleaved(variants, repeats, warmup=0)
     crop = transform_config.crop
     figures = []
     for name, values in rates.items():
@@ -174,9 +193,20 @@ def measure(bench: Bench) -> dict[str, Any]:
                 values,
                 "samples/s",
                 note=f"{crop} px crops; first batch {statistics.median(first[name]):.1f} s",
+                goal=((">=", GOAL_SAMPLES) if name == "0 workers" else None),
                 key=f"loading.{name.split()[0]}w.samples_per_s",
             )
         )
+    figures.append(
+        measured(
+            PART,
+            "loader, 0 workers: over before issue 16",
+            [rate / BEFORE_SAMPLES for rate in rates["0 workers"]],
+            "x",
+            note=f"{BEFORE_SAMPLES:.0f} samples/s a process before",
+            key="loading.0w.speedup_over_before",
+        )
+    )
     steps = STEPS_QUICK if bench.quick else STEPS
     training: dict[str, Any] = {}
     for w in (2, 0):
@@ -210,6 +240,7 @@ def measure(bench: Bench) -> dict[str, Any]:
         "batch_size": BATCH,
         "transform": asdict(transform_config),
         "loader_repeats": repeats,
+        "loader_torch_threads": TORCH_THREADS,
         "training": {
             "arch": ARCH,
             "crop": trainer.arch_settings(ARCH).crop_size,

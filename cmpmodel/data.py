@@ -31,10 +31,12 @@ A flip mirrors the whole window, so a flipped crop has its padding on the left.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
@@ -102,6 +104,16 @@ def padded_size(h: int, w: int, multiple: int, min_side: int = 1) -> tuple[int, 
     return max(-(-h // multiple) * multiple, min_side), max(-(-w // multiple) * multiple, min_side)
 
 
+@functools.lru_cache(maxsize=8)
+def normalisation_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """float32 (256, 1, 3): ``(v - mean) / std`` of every 8-bit value ``v`` and channel, in
+    float32 as the pixels would be computed one by one (read-only)."""
+    values = np.arange(256, dtype=np.float32).reshape(256, 1, 1)
+    table = (values - np.float32(mean)) / np.float32(std)
+    table.flags.writeable = False
+    return table
+
+
 def cut_window(
     sample: StoredSample,
     top: int,
@@ -110,13 +122,17 @@ def cut_window(
     width: int,
     mean: Sequence[float] = RGB_MEAN,
     std: Sequence[float] = RGB_STD,
+    flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``height`` x ``width`` window of ``sample`` whose top-left pixel is (``top``, ``left``).
+    """The ``height`` x ``width`` window of ``sample`` whose top-left pixel is (``top``, ``left``),
+    mirrored left-right with ``flip`` (the flow's x negated).
 
     Returns the normalised image float32 (height, width, 3), the flow float32 (height, width, 2)
     in pixels and the validity bool (height, width). Where the window passes the bottom or right
-    edge of the frame it is padded (image 0, flow 0, valid False). Raises ``ValueError`` naming
-    the sample when its image, flow and mask sizes disagree or the window starts outside it.
+    edge of the frame it is padded (image 0, flow 0, valid False), before the mirroring: a
+    mirrored window has its padding on the left (and its padded flow x is -0.0). Raises
+    ``ValueError`` naming the sample when its image is not 8-bit, its image, flow and mask
+    sizes disagree or the window starts outside it.
     """
     h, w = sample.flow.shape[:2]
     if sample.image.shape[:2] != (h, w) or (
@@ -126,30 +142,27 @@ def cut_window(
             f"{sample.sample_id}: image {sample.image.shape}, flow {sample.flow.shape} and "
             f"valid {None if sample.valid is None else sample.valid.shape} sizes disagree"
         )
+    if sample.image.dtype != np.uint8:
+        raise ValueError(f"{sample.sample_id}: image is {sample.image.dtype}, expected uint8")
     if not (0 <= top < h and 0 <= left < w):
         raise ValueError(f"{sample.sample_id}: window at ({top}, {left}) outside {h} x {w}")
     rows, cols = min(height, h - top), min(width, w - left)
     source = np.s_[top : top + rows, left : left + cols]
-    image = np.zeros((height, width, 3), np.float32)
-    flow = np.zeros((height, width, 2), np.float32)
-    valid = np.zeros((height, width), np.bool_)
-    # In place on the float copy: about half the time of one expression with temporaries.
-    region = image[:rows, :cols]
-    region[...] = sample.image[source]
-    region -= np.float32(mean)
-    region /= np.float32(std)
-    flow[:rows, :cols] = sample.flow[source]
-    valid[:rows, :cols] = True if sample.valid is None else sample.valid[source]
-    return image, flow, valid
-
-
-def mirror(
-    image: np.ndarray, flow: np.ndarray, valid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The left-right mirror of an (H, W, ...) image, flow and mask; the flow's x is negated."""
-    flow = flow[:, ::-1].copy()
-    flow[..., 0] *= -1
-    return image[:, ::-1].copy(), flow, valid[:, ::-1].copy()
+    # A table look-up per pixel (the same float32 values as computing each) and OpenCV's
+    # mirror: several times faster than numpy's arithmetic and reversed copies.
+    table = normalisation_table(tuple(map(float, mean)), tuple(map(float, std)))
+    image = cv2.LUT(sample.image[source], table)
+    flow = sample.flow[source]
+    valid = np.ones((rows, cols), np.bool_) if sample.valid is None else sample.valid[source]
+    if (rows, cols) != (height, width):
+        image, flow, valid = (
+            np.pad(a, [(0, height - rows), (0, width - cols)] + [(0, 0)] * (a.ndim - 2))
+            for a in (image, flow, valid)
+        )
+    if flip:
+        image, flow, valid = cv2.flip(image, 1), cv2.flip(flow, 1), valid[:, ::-1]
+        flow[..., 0] *= -1
+    return image, np.array(flow, np.float32), np.array(valid, np.bool_)
 
 
 def window_guidance(
@@ -159,7 +172,7 @@ def window_guidance(
 
     Points (rounded to pixels, as :func:`rasterize` does) outside the ``rows`` x ``cols`` part
     of the frame the window covers are dropped. With ``flip_width`` (the window's width) the
-    points are mirrored and the vectors' x negated, as :func:`mirror` does to the flow.
+    points are mirrored and the vectors' x negated, as :func:`cut_window` does to the flow.
     """
     xy = np.rint(guidance.points) - np.float32([left, top])
     keep = (xy[:, 0] >= 0) & (xy[:, 0] < cols) & (xy[:, 1] >= 0) & (xy[:, 1] < rows)
@@ -213,9 +226,7 @@ def crop_inputs(
     padded pixels excluded), or at random (``config.random_guides``), or is the stored one
     when ``config.use_stored_guidance``."""
     size = config.crop
-    image, flow, valid = cut_window(sample, top, left, size, size, config.mean, config.std)
-    if flip:
-        image, flow, valid = mirror(image, flow, valid)
+    image, flow, valid = cut_window(sample, top, left, size, size, config.mean, config.std, flip)
     if config.use_stored_guidance:
         h, w = sample.flow.shape[:2]
         rows, cols = min(size, h - top), min(size, w - left)

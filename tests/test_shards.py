@@ -259,3 +259,28 @@ def test_shard_errors_survive_pickling():
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is ShardError and isinstance(again, FileError)
     assert (again.path, again.reason, str(again)) == (error.path, error.reason, str(error))
+
+
+def test_the_reader_reads_the_small_columns_once_then_one_slice_a_sample(
+    samples, shard, monkeypatch
+):
+    reads: list[str] = []
+    real_getitem = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        reads.append(self.name)
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    with ShardReader(shard) as reader:
+        assert reader.read(0).sample_id == samples[0].sample_id
+        assert sorted(reads) == sorted(f"/{n}" for n in (*ShardReader.INDEX_COLUMNS, "data"))
+        reads.clear()
+        for i in range(1, len(samples)):
+            assert reader.read(i).sample_id == samples[i].sample_id
+            assert reader.encoded(i).digest() == samples[i].digest() == reader.stored_digest(i)
+        assert reads == ["/data"] * (2 * (len(samples) - 1))
+        reader.close()
+        reads.clear()
+        reader.read(1)  # the file opened again: its columns are read again
+        assert sorted(reads) == sorted(f"/{n}" for n in (*ShardReader.INDEX_COLUMNS, "data"))

@@ -10,6 +10,7 @@ DataLoader tests.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -353,6 +354,9 @@ def test_mismatched_sample_arrays_name_the_sample():
     bad = dataclasses.replace(sample, valid=np.ones((47, 64), np.bool_))
     with pytest.raises(ValueError, match=r"clip0\.mp4#000000-000002.*disagree"):
         TrainTransform(config())(bad)
+    floats = dataclasses.replace(sample, image=sample.image.astype(np.float32))
+    with pytest.raises(ValueError, match=r"clip0\.mp4#000000-000002: image is float32"):
+        TrainTransform(config())(floats)
 
 
 @pytest.fixture(scope="module")
@@ -402,3 +406,73 @@ def test_make_train_loader_is_a_function_of_the_epoch(dataset_root):
             assert torch.equal(batch["image"][k], expected["image"])
     with pytest.raises(ValueError, match="TrainTransform"):
         make_train_loader(ShardDataset(dataset_root), batch_size=2, epoch=0)
+
+
+def outputs_digest(items: list[dict]) -> str:
+    """sha256 over every item's keys and values, tensors as dtype, shape and bytes (so a -0.0
+    where there was a 0.0 changes it)."""
+    h = hashlib.sha256()
+    for item in items:
+        for key in sorted(item):
+            value = item[key]
+            h.update(key.encode())
+            if isinstance(value, Guidance):
+                value = np.concatenate([value.points, value.vectors], axis=1)
+            if isinstance(value, torch.Tensor):
+                value = value.numpy()
+            if isinstance(value, np.ndarray):
+                h.update(f"{value.dtype} {value.shape}".encode())
+                h.update(np.ascontiguousarray(value).tobytes())
+            else:
+                h.update(repr(value).encode())
+    return h.hexdigest()
+
+
+#: sha256 of the items of ``pinned_outputs``, computed by the transforms before the loader
+#: was made faster (issue 16): the faster crop, flip and normalisation must give the same
+#: bits. Change it only for a change of output argued in cmpmodel.data's docstrings.
+PINNED_OUTPUTS = "8db5789532b40b3080bbdfb47752a971a4299771d173af776f67e0b4e8fd8a09"
+
+
+def pinned_outputs() -> list[dict]:
+    """Items of every path of the transforms: the defaults (320 px crop, paper guidance) on a
+    416 x 560 synthetic frame with and without a mask over several epochs (flipped and not),
+    frames smaller than the crop (padding, flipped and not), random and stored guidance, the
+    evaluation crop and eval_inputs' padding to a multiple of 8."""
+    clip = SyntheticClip(SynthConfig(height=416, width=560, num_frames=3, texture="noise"))
+    flow, valid = clip.ground_truth(0, 2)
+    large = stored(clip.frame(0), flow.astype(np.float32), valid)
+    small = SyntheticClip(SynthConfig(height=48, width=64, num_frames=3, texture="noise"))
+    small_flow, small_valid = small.ground_truth(0, 2)
+    small_sample = stored(small.frame(0), small_flow.astype(np.float32), small_valid)
+    points = np.stack(np.meshgrid(np.arange(1, 64, 3), np.arange(2, 48, 5)), -1).reshape(-1, 2)
+    guidance = Guidance(points.astype(np.float32), np.float32(points[:, ::-1]) - 7)
+    items = []
+    for epoch in range(6):
+        for sample, cfg in [
+            (large, TrainTransformConfig()),
+            (dataclasses.replace(large, valid=None, sample_id=IDS[1]), TrainTransformConfig()),
+            (small_sample, config()),
+            (small_sample, config(crop=72)),  # padded on both axes
+            (dataclasses.replace(small_sample, valid=None), config(crop=56)),
+            (coordinate_sample(20, 24, valid=small_valid[:20, :24].copy()), config()),
+            (small_sample, config(random_guides=5)),
+            (coordinate_sample(guidance=guidance), config(use_stored_guidance=True)),
+        ]:
+            items.append(TrainTransform(cfg, epoch=epoch)(sample))
+    items += [EvalTransform()(large), EvalTransform(config(crop=72))(small_sample)]
+    cut = dataclasses.replace(
+        small_sample,
+        image=small_sample.image[:45, :61].copy(),
+        flow=small_sample.flow[:45, :61].copy(),
+        valid=small_sample.valid[:45, :61].copy(),
+    )
+    items.append(eval_inputs(cut, GuidanceConfig(strategies="uniform,watershed"), seed=3))
+    return items
+
+
+def test_transforms_give_the_pinned_outputs():
+    items = pinned_outputs()
+    flips = {bool(source_pixels(item)[2]) for item in items[7:48:8]}
+    assert flips == {False, True}  # the coordinate sample was mirrored at some epochs only
+    assert outputs_digest(items) == PINNED_OUTPUTS

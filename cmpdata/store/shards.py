@@ -2,8 +2,8 @@
 
 One file per shard, ``shard-00000.h5``, random access by sample index. A sample is a small
 fixed-size record (``meta``) and its *parts*, byte strings stored back to back in one
-``data`` array: reading a sample takes four look-ups (``sample_id``, ``meta``, two
-``data_offsets`` and one slice of ``data``), reading a shard's columns one each.
+``data`` array. :class:`ShardReader` reads a shard's small columns (everything but ``data``)
+whole, once per open file; then reading a sample takes one look-up, its slice of ``data``.
 
 ==================  ===================  ======================================================
 dataset             dtype, shape         meaning
@@ -435,15 +435,23 @@ class ShardReader:
     """Random access to the samples of one shard, and its columns in bulk.
 
     The file is opened on first use, not in the constructor, so a reader made before a
-    DataLoader forks its workers opens its own handle in each worker. Every failure to read
-    raises :class:`ShardError` naming the file (and the sample index where it applies);
-    errors of our own code keep their traceback.
+    DataLoader forks its workers opens its own handle in each worker. The first sample read
+    from an open file reads the file's :attr:`INDEX_COLUMNS` whole (a few hundred bytes a sample)
+    and keeps them until the file is closed, so a sample read takes one look-up, its slice of
+    ``data`` (and :meth:`read` still checks the sample against its stored digest). Every
+    failure to read raises :class:`ShardError` naming the file (and the sample index where it
+    applies); errors of our own code keep their traceback.
     """
+
+    #: what :meth:`read` and :meth:`encoded` take from the columns: everything but ``data``
+    INDEX_COLUMNS = ("sample_id", "source_id", "meta", "data_offsets", "digest")
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        # INDEX_COLUMNS and the data dataset of the open file, once a sample was read
+        self._index: tuple[dict[str, np.ndarray], h5py.Dataset] | None = None
         self.parts: tuple[str, ...] = PARTS
 
     def _open(self) -> h5py.File:
@@ -461,6 +469,7 @@ class ShardReader:
                 f.close()
                 raise
             self._file, self._pid = f, os.getpid()
+            self._index = None
         return self._file
 
     def _check_layout(self, f: h5py.File) -> tuple[str, ...]:
@@ -481,7 +490,7 @@ class ShardReader:
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
-        self._file = None
+        self._file = self._index = None
 
     def __len__(self) -> int:
         f = self._open()
@@ -541,8 +550,17 @@ class ShardReader:
         ]
         return [str(v) for v in cols["sample_id"]], [str(v) for v in cols["digest"]], recomputed
 
+    def _indexed(self) -> tuple[dict[str, np.ndarray], h5py.Dataset]:
+        """:data:`INDEX_COLUMNS` of the open file and its ``data`` dataset, read on first use."""
+        f = self._open()
+        if self._index is None:
+            columns = self.columns(self.INDEX_COLUMNS)
+            with self._damage():
+                self._index = columns, f["data"]
+        return self._index
+
     def _check_index(self, i: int) -> int:
-        n = len(self)
+        n = len(self._indexed()[0]["sample_id"])
         if not -n <= i < n:
             raise IndexError(f"{self.path}: sample {i} out of range (shard holds {n})")
         return i % n if n else i
@@ -551,17 +569,13 @@ class ShardReader:
         return h5_errors(self.path, None if i is None else f"sample {i}")
 
     def _raw_sample(self, i: int) -> tuple[bytes, bytes, np.void, bytes]:
-        f = self._open()
+        index, data = self._indexed()
+        lo, hi = (int(v) for v in index["data_offsets"][i : i + 2])
+        if not 0 <= lo <= hi:
+            raise ShardError(self.path, f"sample {i}: bad data offsets {lo}, {hi}")
         with self._damage(i):
-            lo, hi = (int(v) for v in f["data_offsets"][i : i + 2])
-            if not 0 <= lo <= hi:
-                raise ShardError(self.path, f"sample {i}: bad data offsets {lo}, {hi}")
-            return (
-                _raw(f["sample_id"][i]),
-                _raw(f["source_id"][i]),
-                f["meta"][i],
-                f["data"][lo:hi].tobytes(),
-            )
+            blob = data[lo:hi].tobytes()
+        return _raw(index["sample_id"][i]), _raw(index["source_id"][i]), index["meta"][i], blob
 
     def encoded(self, i: int) -> EncodedSample:
         """Sample ``i`` as stored (bytes, not decoded)."""
@@ -609,8 +623,7 @@ class ShardReader:
 
     def stored_digest(self, i: int) -> str:
         i = self._check_index(i)
-        with self._damage(i):
-            return _text(self._open()["digest"][i])
+        return _text(self._indexed()[0]["digest"][i])
 
     def read(self, i: int, check: bool = True) -> StoredSample:
         """Sample ``i`` decoded: image, flow, mask and guidance as arrays.
