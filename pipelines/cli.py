@@ -402,7 +402,7 @@ def build_parser() -> Parser:
         "--profile",
         choices=("quick", "cpu-15min"),
         default="quick",
-        help="quick: 300 short clips, 1800 training steps, about 4 minutes (make demo); "
+        help="quick: 500 short clips, 3000 training steps, about 4.5 minutes (make demo); "
         "cpu-15min: 480 short clips and a 15-minute CPU training run; both evaluated on "
         "held-out clips",
     )

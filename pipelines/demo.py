@@ -13,10 +13,10 @@
 Everything goes to ``summary.json`` too, with the seconds each part took.
 
 How big each part is comes from a :class:`DemoSettings`; :data:`PROFILES` names two:
-``quick`` (``make demo``: 300 clips of 6 frames of 192 x 256, 1,800 training steps, about four
-minutes on 2 cores) and ``cpu-15min`` (the model experiment: 480 clips of 9 frames and a training
-run that fits a 15-minute budget on 2 CPU cores, evaluated on the held-out clips). Both draw
-their clips from the same synthetic world (:mod:`cmpdata.synth.clips`).
+``quick`` (``make demo``: 500 clips of 6 frames of 192 x 256, 3,000 training steps, about four
+and a half minutes on 2 cores) and ``cpu-15min`` (the model experiment: 480 clips of 9 frames
+and a training run that fits a 15-minute budget on 2 CPU cores, evaluated on the held-out
+clips). Both draw their clips from the same synthetic world (:mod:`cmpdata.synth.clips`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class DemoSettings:
     # Many short clips rather than a few long ones: a model trained on a few clips learns
     # their camera motion and textures (on the 3 clips of 40 frames an earlier demo made, it
     # ended worse than zero flow on the held-out one).
-    clips: int = 300  # synthetic clips (at least 2: one is held out)
+    clips: int = 500  # synthetic clips (at least 2: one is held out)
     frames: int = 6  # frames per clip
     height: int = 192  # clip frame size (px); frames keep it (no resize)
     width: int = 256
@@ -71,7 +71,7 @@ class DemoSettings:
     val_fraction: float = 0.2
     crop: int = 96  # training crop (px), the tiny model's
     batch_size: int = 8
-    iters: int = 1800  # training steps
+    iters: int = 3000  # training steps
     # Far above the paper's rate (0.005 at batch 8): a few hundred steps have to get somewhere.
     lr: float = 0.05
     loss_stride: int = 4  # cmp_loss stride: 4 scores one pixel in 16, ~2.5x faster steps on CPU
