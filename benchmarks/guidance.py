@@ -8,7 +8,7 @@ process on the same flows: the exact flows of the synthetic clips' default pairs
 moving textured objects over a translating background), with the ResNet settings (``nms_ks``
 15, grid stride 80). OpenCV runs on one thread, so both sides use one core, as a
 data-loading worker does. Milliseconds per flow over whole passes; the speed-up is taken per
-repeat, from passes run back to back.
+repeat, from passes run back to back (information only: its goal of 20x is retired).
 
 ``python -m benchmarks.guidance``.
 """
@@ -28,7 +28,6 @@ from cmpdata.guidance import GuidanceConfig, Watershed, build_sampler
 from cmpdata.seeding import sample_rng
 
 PART = "guidance"
-GOAL_SPEEDUP = 20.0
 
 
 def reference_distance(flow: np.ndarray) -> np.ndarray:
@@ -128,15 +127,15 @@ def measure(bench: Bench) -> dict[str, Any]:
     }
     ms = interleaved({name: pass_ms(s, flows) for name, s in samplers.items()}, repeats)
     figures = [measured(PART, f"{name} watershed+grid", ms[name], "ms/flow") for name in samplers]
+    # No goal any more: the sampler's 1 ms is about 2 % of a pair's CPU time (issue 16
+    # retired the 20x goal of issue 7); the ratio stays, as information.
     for name in ("cmp", "cmp exact"):
-        goal = (">=", GOAL_SPEEDUP) if name == "cmp" else None
         figures.append(
             measured(
                 PART,
                 f"{name} speed-up over reference",
                 ratios(ms["reference"], ms[name]),
                 "x",
-                goal=goal,
                 key=f"guidance.{name.replace(' ', '_')}.speedup",
             )
         )

@@ -31,14 +31,14 @@ Guarantee: every stored flow decodes with a mean absolute error per component of
 motion boundaries, and the reduced grid smooths sharp ones (exact synthetic flows: up to 7 px
 on under 1 % of the pixels, still within ``max_mae`` on average).
 
-Measured by ``python -m benchmarks.codec`` (DIS ``medium`` flows of three sample clips at
-416p, 50 flows, one core): 12.3 KB a flow on average (7.8 KB scaled to 416 x 555), mean error
-0.055 px per component, largest error 2.1 px, 0.03-0.13 % of the pixels off by more than 1 px.
-Each quality tried costs one AVIF encode and one decode: encoding takes ~9 ms for a 416 x 560
-flow that passes at the first quality, up to ~25 ms for 416 x 979 flows that need two or
-three; decoding 1.5-4.5 ms. The original CMP format (JPEG quality 95) on the same flows:
-32.6 KB and 2.0 px (clipping); 18-22 KB and 0.10-0.12 px on the clips without motion beyond
-50 px.
+Measured by ``python -m benchmarks.codec --samples`` (DIS ``medium`` flows of three sample
+clips at 416p, 50 flows, one core): 12.9 KB a flow on average, mean error 0.047 px per
+component (with the qualities 95, 97, 99, 100 tried before: 12.3 KB and 0.055 px, 1.47 tries
+a flow on the real clips against 1.14 now). Each quality tried costs one AVIF encode and one
+decode: on the 416 x 979 flows of the bikes clip an encode takes ~5.5 ms, a decode ~2.4 ms,
+the least-squares fit of the grid ~2.9 ms. The original CMP format (JPEG quality 95) on the
+same flows: 32.6 KB and 2.0 px (clipping); 18-22 KB and 0.10-0.12 px on the clips without
+motion beyond 50 px.
 
 A reader needs numpy and an OpenCV build with AVIF: the opencv-python-headless 5.0 Linux
 wheel has it (libavif with libaom); older wheels and the Windows ones may not (see
