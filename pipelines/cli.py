@@ -403,7 +403,7 @@ def build_parser() -> Parser:
         choices=("quick", "cpu-15min"),
         default="quick",
         help="quick: 500 short clips, 3000 training steps, about 4.5 minutes (make demo); "
-        "cpu-15min: 480 short clips and a 15-minute CPU training run; both evaluated on "
+        "cpu-15min: 600 short clips and a 15-minute CPU training run; both evaluated on "
         "held-out clips",
     )
     p.add_argument("--clips", type=int, help="number of synthetic clips (default: the profile's)")

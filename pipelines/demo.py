@@ -14,7 +14,7 @@ Everything goes to ``summary.json`` too, with the seconds each part took.
 
 How big each part is comes from a :class:`DemoSettings`; :data:`PROFILES` names two:
 ``quick`` (``make demo``: 500 clips of 6 frames of 192 x 256, 3,000 training steps, about four
-and a half minutes on 2 cores) and ``cpu-15min`` (the model experiment: 480 clips of 9 frames
+and a half minutes on 2 cores) and ``cpu-15min`` (the model experiment: 600 clips of 9 frames
 and a training run that fits a 15-minute budget on 2 CPU cores, evaluated on the held-out
 clips). Both draw their clips from the same synthetic world (:mod:`cmpdata.synth.clips`).
 """
@@ -89,10 +89,10 @@ class DemoSettings:
 PROFILES: dict[str, DemoSettings] = {
     "quick": DemoSettings(),
     "cpu-15min": DemoSettings(
-        clips=480,
+        clips=600,
         frames=9,
         staged=6,
-        iters=7500,
+        iters=12000,
     ),
 }
 NUM_GUIDES = 3
