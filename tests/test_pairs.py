@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -317,10 +318,17 @@ def test_one_decord_server_answers_request_after_request(clips, fifo: Path, monk
     assert [t for t, _ in read_frames(source, [5], decoder="decord", info=probe_info())] == [5]
     (second,) = idle_servers()
     assert second != server
+    # One that dies while idle is reaped and replaced.
+    os.kill(second, signal.SIGKILL)
+    while alive(second):
+        time.sleep(0.01)
+    assert decoders.decord_frame_count(clips["mp4"]) == NUM_FRAMES
+    (third,) = idle_servers()
+    assert third != second and second not in children()
     # A server is replaced after _SERVER_REQUESTS requests.
     monkeypatch.setattr(decoders, "_SERVER_REQUESTS", 2)
     decoders.decord_frame_count(clips["mp4"])
-    assert not idle_servers() and not alive(second)
+    assert not idle_servers() and not alive(third)
 
 
 def alive(pid: int) -> bool:

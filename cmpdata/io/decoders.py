@@ -241,7 +241,10 @@ class _DecordServers:
             if self._pid != os.getpid():  # forked: the servers are the parent's
                 self._idle, self._pid = [], os.getpid()
             child, served = self._idle.pop() if self._idle else (None, 0)
-        if child is None or child.process.poll() is not None:
+        if child is not None and child.process.poll() is not None:  # died while idle
+            child.close()
+            child = None
+        if child is None:
             cmd = [sys.executable, "-c", _DECORD_CHILD]
             child, served = _Decoder(cmd, path, "decord", timeout, requests=True), 0
         try:
