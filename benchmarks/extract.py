@@ -388,23 +388,19 @@ def measure(bench: Bench) -> dict[str, Any]:
         )
     )
     per_pair = [d["gather_ms"] + d["write_ms"] for d in driver]
+    steps = {"gather": "rows from Ray Data, unpickled", "write": "shard, read-back, done marker"}
     figures += [
         measured(
             PART,
-            "driver: gather",
-            [d["gather_ms"] for d in driver],
+            f"driver: {step}",
+            [d[f"{step}_ms"] for d in driver],
             "ms/pair",
-            note="rows from Ray Data, unpickled",
-            key="extract.driver.gather_ms",
-        ),
-        measured(
-            PART,
-            "driver: write",
-            [d["write_ms"] for d in driver],
-            "ms/pair",
-            note="shard, read-back, done marker",
-            key="extract.driver.write_ms",
-        ),
+            note=note,
+            key=f"extract.driver.{step}_ms",
+        )
+        for step, note in steps.items()
+    ]
+    figures += [
         measured(
             PART,
             "driver ceiling",
