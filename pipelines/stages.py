@@ -93,6 +93,16 @@ def decode_item(item: WorkItem, config: ExtractConfig) -> Iterator[FramePair | D
             yield Dropped(item.source.id, t0, t1, stage, reason)
 
 
+def decoded_batches(
+    item: WorkItem, config: ExtractConfig, batch_size: int
+) -> Iterator[list[FramePair | Dropped]]:
+    """:func:`decode_item`'s records in lists of up to ``batch_size``: the frames of one batch
+    at a time are held, however long the item."""
+    with contextlib.closing(decode_item(item, config)) as records:
+        while batch := list(itertools.islice(records, batch_size)):
+            yield batch
+
+
 def unexpected(exc: BaseException) -> str:
     """``unexpected error: Type: message (at file:line in function, ...)``: the error and the
     last three frames of its traceback, innermost last, cut to a few hundred characters."""
@@ -116,9 +126,8 @@ def decode_stage(
     _limit_threads()
     for item in _unbatch(batch)[1]:
         assert isinstance(item, WorkItem)
-        with contextlib.closing(decode_item(item, config)) as records:
-            while chunk := list(itertools.islice(records, batch_size)):
-                yield _batch([item.shard] * len(chunk), chunk)
+        for chunk in decoded_batches(item, config, batch_size):
+            yield _batch([item.shard] * len(chunk), chunk)
 
 
 def flow_records(
@@ -182,8 +191,7 @@ def cpu_stage(
     sampler = build_sampler(config.guidance)
     out: list[object] = []
     # Frames are decoded a batch at a time: an item of a long video never holds all its frames.
-    with contextlib.closing(decode_item(item, config)) as records:
-        while batch := list(itertools.islice(records, batch_size)):
-            flowed = flow_records(batch, _BACKENDS[key], config.consistency)
-            out += finish_records(flowed, sampler, config)
+    for batch in decoded_batches(item, config, batch_size):
+        flowed = flow_records(batch, _BACKENDS[key], config.consistency)
+        out += finish_records(flowed, sampler, config)
     return _item_rows(item, out)
