@@ -21,7 +21,7 @@ Measured, 5 times each (once with ``--quick``), interleaved so that a busy spell
   repeats. A run's time is the whole :func:`pipelines.extract.extract` call, planning
   included, and is split into planning (:func:`cmpdata.plan.plan_dataset`: probing the
   sources) and the pipeline (from the start of :func:`pipelines.extract.run_pipeline` to its
-  last result, the driver's shard writing included).
+  last result and the last shard written).
 
 Then the loop's time is split by stage (:func:`stage_budget`, two passes, on the real clips
 and ``--videos`` only: the synthetic clips' exact flow and object ids would be encoded too):
@@ -29,9 +29,10 @@ milliseconds per pair of probing the source (as planning does), decoding, the fr
 filters, the flow, the flow filters, the guidance and the encoding (JPEG frame, flow codec);
 the goal is on their sum without the flow (:data:`GOAL_NON_FLOW_MS`).
 
-The driver's own cost a pair (:func:`driver_cost`: gathering the encoded samples from Ray
-Data and writing the shards, in CPU time of the driver process) gives the most pairs a second
-one driver can take, whatever the cluster: the ceiling.
+The driver's own cost a pair (:func:`driver_cost`: gathering the workers' summaries from Ray
+Data, starting the shards' writer tasks and writing the done markers, in CPU time of the
+driver process) gives the most pairs a second one driver can take, whatever the cluster: the
+ceiling. The writer tasks' own cost a pair is measured beside it.
 
 Throughput is planned pairs per second (dropped pairs count: they were decoded too). The
 loop's content digest (:func:`cmpdata.store.manifest.content_digest` over its encoded samples
@@ -77,11 +78,13 @@ from cmpdata.guidance import build_sampler
 from cmpdata.io.decoders import decord_frame_count
 from cmpdata.io.pairs import iter_pairs
 from cmpdata.io.sources import find_sources, probe
+from cmpdata.plan import Plan, PlannedSample
 from cmpdata.records import Dropped
 from cmpdata.stages import compute_flows, guide
-from cmpdata.store.directory import write_finished_shard
+from cmpdata.store.directory import write_part, write_shard_from_parts
 from cmpdata.store.manifest import content_digest
 from cmpdata.store.shards import EncodedSample, encode_sample, shard_name, write_shard
+from pipelines.stages import Stored
 
 PART = "extract"
 WORKERS = (1, 2)
@@ -222,38 +225,79 @@ def stage_budget(inputs: list[str], config: ExtractConfig) -> dict[str, float]:
     return {stage: 1e3 * s / max(count, 1) for stage, s in seconds.items()}
 
 
-DRIVER_PAIRS, DRIVER_PAIRS_QUICK = 2048, 512
+DRIVER_PAIRS, DRIVER_PAIRS_QUICK = 4096, 2048
 GOAL_DRIVER_PAIRS_PER_S = 5000.0  # about 25 GPUs at 200 pairs/s each
 
 
 def driver_cost(
     samples: Sequence[EncodedSample], pairs: int, config: ExtractConfig, out: Path
 ) -> dict[str, float]:
-    """CPU milliseconds a pair costs the driver of ``extract`` (this process, all its
-    threads): ``gather``, ``pairs`` encoded samples (``samples`` cycled, with distinct ids)
-    coming out of a Ray Data stage as rows and unpickled, as
-    :func:`pipelines.extract.run_pipeline` yields them; ``write``,
-    :func:`cmpdata.store.directory.write_finished_shard` of each ``shard_size`` of them (the
-    file, its read-back check and its done marker)."""
+    """Milliseconds a pair of ``pairs`` encoded samples (``samples`` cycled, with distinct ids)
+    in ``shard_size`` shards, as ``extract`` handles them:
+
+    - ``task``: a shard's writer task (:func:`cmpdata.store.directory.write_shard_from_parts`:
+      reading the parts, the file, its read-back check), run here: the work spread over the
+      cluster's workers;
+    - ``gather`` and ``mark``, the driver's CPU time (this process, all its threads):
+      ``gather``, the workers' summaries coming out of a Ray Data stage as rows (one a part of
+      64 pairs, about a work item) and unpickled, as :func:`pipelines.extract.run_pipeline`
+      yields them; ``mark``, :class:`pipelines.extract.ShardCollector` taking them, starting
+      each shard's writer task (:class:`pipelines.extract.ShardWriter`), and writing the done
+      markers. The two give the driver's ceiling.
+    """
+    planned = [PlannedSample("bench.mp4", 10 * k, 10 * k + 3, "train") for k in range(pairs)]
+    plan = Plan(config, {}, {}, {}, [], planned)
     cycled = [
-        dataclasses.replace(s, sample_id=f"{s.source_id}#{k:06d}-{k + 1:06d}")
-        for k, s in enumerate(itertools.islice(itertools.cycle(samples), pairs))
+        dataclasses.replace(s, sample_id=p.sample_id)
+        for p, s in zip(planned, itertools.cycle(samples), strict=False)
     ]
-    rows = [{"shard": 0, "payload": pickle.dumps(s)} for s in cycled]
-    # Blocks of 64 rows, about a work item's results.
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, pairs // 64))
-    dataset = dataset.map_batches(lambda batch: batch, batch_size=64)
+    attrs = shard_attrs(config)
+
+    def write_parts(directory: Path) -> list[tuple[int, Stored]]:
+        # The workers' share, not timed: their part files and summaries.
+        stored = []
+        for index in range(plan.num_shards):
+            shard = cycled[index * config.shard_size : (index + 1) * config.shard_size]
+            for first in range(0, len(shard), 64):
+                chunk = shard[first : first + 64]
+                part = write_part(directory, index, chunk)
+                stored.append((index, Stored(part, tuple(s.sample_id for s in chunk), ())))
+        return stored
+
+    direct = out / "direct"
+    direct.mkdir()
+    by_shard: dict[int, list[str]] = {}
+    for index, summary in write_parts(direct):
+        by_shard.setdefault(index, []).append(summary.part)
+    start = time.process_time()
+    for index, parts in by_shard.items():
+        order = [p.sample_id for p in plan.shard(index)]
+        write_shard_from_parts(direct, index, parts, order, attrs)
+    task = time.process_time() - start
+
+    rows = [{"shard": i, "payload": pickle.dumps(summary)} for i, summary in write_parts(out)]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    dataset = dataset.map_batches(lambda batch: batch, batch_size=1)
+    collector = pipeline.ShardCollector(
+        out, plan, pipeline.ShardWriter(out, attrs), range(plan.num_shards)
+    )
+    gather = mark = 0.0
     start = time.process_time()
     for row in dataset.iter_rows():
-        pickle.loads(row["payload"])
-    gather = time.process_time() - start
-    attrs = shard_attrs(config)
-    start = time.process_time()
-    for index, first in enumerate(range(0, len(cycled), config.shard_size)):
-        chunk = cycled[first : first + config.shard_size]
-        write_finished_shard(out, index, chunk, [], attrs, "0" * 64)
-    write = time.process_time() - start
-    return {"gather_ms": 1e3 * gather / pairs, "write_ms": 1e3 * write / pairs}
+        summary = pickle.loads(row["payload"])
+        gathered = time.process_time()
+        collector.add(int(row["shard"]), summary)
+        mark += time.process_time() - gathered
+        gather += gathered - start
+        start = time.process_time()
+    collector.finish()
+    mark += time.process_time() - start
+    if collector.pending:
+        raise RuntimeError(f"shards left unwritten: {collector.pending}")
+    return {
+        key: 1e3 * value / pairs
+        for key, value in (("task", task), ("gather", gather), ("mark", mark))
+    }
 
 
 def one_run(
@@ -387,13 +431,17 @@ def measure(bench: Bench) -> dict[str, Any]:
             key="extract.stage.non_flow_ms",
         )
     )
-    per_pair = [d["gather_ms"] + d["write_ms"] for d in driver]
-    steps = {"gather": "rows from Ray Data, unpickled", "write": "shard, read-back, done marker"}
+    per_pair = [d["gather"] + d["mark"] for d in driver]
+    steps = {
+        "task": "a shard's writer task (parts read, file, read-back): on the workers",
+        "gather": "the workers' summaries from Ray Data, unpickled",
+        "mark": "bookkeeping, starting the writer tasks, done markers",
+    }
     figures += [
         measured(
             PART,
-            f"driver: {step}",
-            [d[f"{step}_ms"] for d in driver],
+            f"driver: {step}" if step != "task" else "shard writer task",
+            [d[step] for d in driver],
             "ms/pair",
             note=note,
             key=f"extract.driver.{step}_ms",
@@ -407,7 +455,7 @@ def measure(bench: Bench) -> dict[str, Any]:
             [1e3 / ms for ms in per_pair],
             "pairs/s",
             goal=(">=", GOAL_DRIVER_PAIRS_PER_S),
-            note="1 / (gather + write), CPU time of the driver; real clips' samples",
+            note="1 / (gather + mark), CPU time of the driver; real clips' samples",
             key="extract.driver.ceiling_pairs_per_s",
         ),
     ]

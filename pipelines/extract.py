@@ -16,8 +16,12 @@ The run, in order:
    item, so that frames stay in the worker that decoded them (measured in
    ``benchmarks/extract.py``: passing each pair's frames through the object store and
    starting flow actors made 2 workers slower than a plain loop on 2 cores);
-5. gather: each shard is written when its last planned sample has arrived (atomic file,
-   read back, then its ``shard-NNNNN.json`` done marker);
+5. gather: the workers leave their encoded samples in part files of the output directory
+   and send the driver a summary (:class:`~pipelines.stages.Stored`); when a shard's last
+   planned sample has arrived, a Ray task writes the shard from its parts (atomic file, read
+   back: :func:`~cmpdata.store.directory.write_shard_from_parts`) and the driver then writes
+   its ``shard-NNNNN.json`` done marker. The driver never holds the samples' bytes, so it does
+   not bound the cluster's rate (measured in ``benchmarks/extract.py``);
 6. write ``failures.jsonl`` and the completed ``manifest.json``.
 """
 
@@ -42,7 +46,7 @@ from tqdm import tqdm
 
 from cmpdata import __version__
 from cmpdata.config import ExtractConfig
-from cmpdata.errors import ConfigError, UsageError
+from cmpdata.errors import CmpDataError, ConfigError, UsageError
 from cmpdata.flow import FLOW_BACKENDS, build_flow
 from cmpdata.io.sources import find_sources
 from cmpdata.paths import check_output_dir
@@ -56,7 +60,8 @@ from cmpdata.store.directory import (
     read_marker,
     remove_temporary,
     write_errors,
-    write_finished_shard,
+    write_marker,
+    write_shard_from_parts,
 )
 from cmpdata.store.manifest import (
     FAILURES,
@@ -66,8 +71,8 @@ from cmpdata.store.manifest import (
     write_failures,
     write_json_atomic,
 )
-from cmpdata.store.shards import SCHEMA_VERSION, EncodedSample, shard_name
-from pipelines.stages import FlowStage, WorkItem, cpu_stage, decode_stage, finish_stage
+from cmpdata.store.shards import SCHEMA_VERSION, ShardInfo, shard_name
+from pipelines.stages import FlowStage, Stored, WorkItem, cpu_stage, decode_stage, finish_stage
 
 # A work item is a run of pairs of one source within one shard. Each item decodes its video
 # from the start, so long videos should not be cut into many items; but a small dataset needs
@@ -273,9 +278,10 @@ def flow_identity(config: ExtractConfig, run: RunSettings = RunSettings()) -> di
 
 
 def run_pipeline(
-    plan: Plan, shards: Sequence[int], run: RunSettings, options: dict[str, Any]
-) -> Iterator[tuple[int, object]]:
-    """Stream (shard index, EncodedSample | Dropped) for every planned pair of ``shards``."""
+    plan: Plan, shards: Sequence[int], run: RunSettings, options: dict[str, Any], out: Path
+) -> Iterator[tuple[int, Stored]]:
+    """Stream (shard index, :class:`~pipelines.stages.Stored`) until every planned pair of
+    ``shards`` is stored in a part file in ``out`` or dropped."""
     import ray
     import ray.data
 
@@ -313,7 +319,7 @@ def run_pipeline(
         )
         ds = ds.map_batches(
             finish_stage,
-            fn_kwargs={"config": config},
+            fn_kwargs={"config": config, "out": str(out)},
             batch_size=run.batch_size,
             num_cpus=task_cpus,
         )
@@ -324,34 +330,116 @@ def run_pipeline(
         ds = ds.flat_map(
             cpu_stage,
             concurrency=workers,
-            fn_kwargs={"config": config, "options": options, "batch_size": run.batch_size},
+            fn_kwargs={
+                "config": config,
+                "options": options,
+                "batch_size": run.batch_size,
+                "out": str(out),
+            },
         )
     for row in ds.iter_rows():
         yield int(row["shard"]), pickle.loads(row["payload"])
 
 
+def _write_shard_task(
+    out: Path, index: int, parts: Sequence[str], order: Sequence[str], attrs: dict[str, Any]
+) -> tuple[ShardInfo, list[list[str]]]:
+    # A light task (file I/O and hashing), spread over the nodes; it takes no CPU from the
+    # stages' count, so that a shard is written as soon as it is whole.
+    return write_shard_from_parts(out, index, parts, order, attrs)
+
+
+class ShardWriter:
+    """Writes whole shards from their parts in Ray tasks and hands back what their done
+    markers need; the driver writes the markers."""
+
+    def __init__(self, out: Path, attrs: dict[str, Any]) -> None:
+        import ray
+
+        self.out, self.attrs = out, attrs
+        self.task = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(_write_shard_task)
+        self.running: dict[Any, int] = {}
+
+    def submit(self, index: int, parts: Sequence[str], order: Sequence[str]) -> None:
+        """Start writing shard ``index`` from ``parts``, its samples in ``order``."""
+        ref = self.task.remote(self.out, index, list(parts), list(order), self.attrs)
+        self.running[ref] = index
+
+    def finished(self, wait: bool = False) -> list[tuple[int, ShardInfo, list[list[str]]]]:
+        """The shards written since the last call (all still running, with ``wait``):
+        ``(index, info, marker rows)``. A write that failed raises its error: a
+        :class:`CmpDataError` as itself (one line), anything else as Ray's task error with
+        its traceback."""
+        import ray
+        from ray.exceptions import RayTaskError
+
+        if not self.running:
+            return []
+        refs = list(self.running)
+        done, _ = ray.wait(refs, num_returns=len(refs) if wait else 1, timeout=None if wait else 0)
+        results = []
+        for ref in done:
+            index = self.running.pop(ref)
+            try:
+                info, rows = ray.get(ref)
+            except RayTaskError as exc:
+                if isinstance(exc.cause, CmpDataError):
+                    raise exc.cause from None
+                raise
+            results.append((index, info, rows))
+        return results
+
+    def close(self) -> None:
+        """Wait for the writes still running (after an error: none is left writing into a
+        directory whose lock is about to be released), whatever their outcome."""
+        import ray
+
+        if self.running:
+            ray.wait(list(self.running), num_returns=len(self.running), timeout=120)
+            self.running.clear()
+
+
 class ShardCollector:
-    """Gathers each shard's results on the driver and writes the shard when it is whole."""
+    """Tracks each shard's pairs on the driver; has the shard written when it is whole, then
+    writes its done marker."""
 
-    def __init__(self, out: Path, plan: Plan, attrs: dict[str, Any], shards: Sequence[int]):
-        self.out, self.plan, self.attrs = out, plan, attrs
+    def __init__(self, out: Path, plan: Plan, writer: ShardWriter, shards: Sequence[int]) -> None:
+        self.out, self.plan, self.writer = out, plan, writer
         self.expected = {i: {s.sample_id: k for k, s in enumerate(plan.shard(i))} for i in shards}
-        self.results: dict[int, dict[str, object]] = {i: {} for i in shards}
+        self.seen: dict[int, set[str]] = {i: set() for i in shards}
+        self.parts: dict[int, list[str]] = {i: [] for i in shards}
+        self.dropped: dict[int, list[Dropped]] = {i: [] for i in shards}
+        self.writing: set[int] = set()
 
-    def add(self, shard: int, record: EncodedSample | Dropped) -> None:
-        got = self.results[shard]
-        if record.sample_id not in self.expected[shard] or record.sample_id in got:
-            raise RuntimeError(f"shard {shard}: unexpected or repeated sample {record.sample_id}")
-        got[record.sample_id] = record
-        if len(got) == len(self.expected[shard]):
-            self._write(shard)
+    def add(self, shard: int, stored: Stored) -> None:
+        """Take one summary of ``shard``'s pairs; start the shard's writer when it is whole,
+        and write the done markers of the shards written meanwhile."""
+        seen, expected = self.seen[shard], self.expected[shard]
+        for sample_id in (*stored.sample_ids, *(d.sample_id for d in stored.dropped)):
+            if sample_id not in expected or sample_id in seen:
+                raise RuntimeError(f"shard {shard}: unexpected or repeated sample {sample_id}")
+            seen.add(sample_id)
+        self.parts[shard] += [stored.part] if stored.part else []
+        self.dropped[shard] += stored.dropped
+        if len(seen) == len(expected):
+            dropped = {d.sample_id for d in self.dropped[shard]}
+            order = sorted(set(expected) - dropped, key=expected.__getitem__)
+            self.writer.submit(shard, self.parts.pop(shard), order)
+            self.writing.add(shard)
+        self.mark(self.writer.finished())
 
-    def _write(self, index: int) -> None:
-        order = self.expected.pop(index)
-        records = sorted(self.results.pop(index).values(), key=lambda r: order[r.sample_id])
-        samples = [r for r in records if isinstance(r, EncodedSample)]
-        dropped = [r for r in records if isinstance(r, Dropped)]
-        write_finished_shard(self.out, index, samples, dropped, self.attrs, self.plan.fingerprint)
+    def mark(self, written: Sequence[tuple[int, ShardInfo, list[list[str]]]]) -> None:
+        """Write the done markers of shards whose files are written."""
+        for index, info, rows in written:
+            order = self.expected[index]
+            dropped = sorted(self.dropped.pop(index), key=lambda d: order[d.sample_id])
+            write_marker(self.out, index, info, rows, dropped, self.plan.fingerprint)
+            self.writing.discard(index)
+            del self.expected[index]
+
+    def finish(self) -> None:
+        """Wait for the shards being written and mark them."""
+        self.mark(self.writer.finished(wait=True))
 
     @property
     def pending(self) -> list[int]:
@@ -466,17 +554,23 @@ def extract(
             write_json_atomic(out / MANIFEST, _manifest(out, plan, attrs, complete=False))
         done = finished_shards(out, plan.fingerprint, plan.num_shards)
         todo = [i for i in range(plan.num_shards) if i not in done]
-        collector = ShardCollector(out, plan, attrs, todo)
+        writer = ShardWriter(out, attrs)
+        held.callback(writer.close)
+        collector = ShardCollector(out, plan, writer, todo)
         total = sum(len(plan.shard(i)) for i in todo)
         computed, errors = 0, 0
         bar = tqdm(total=total, desc="extracting", unit="pair", disable=not run.progress or None)
-        with bar, contextlib.closing(run_pipeline(plan, todo, run, options)) as results:
+        with bar, contextlib.closing(run_pipeline(plan, todo, run, options, out)) as results:
             if todo:
-                for shard, record in results:
-                    collector.add(shard, record)
-                    computed += 1
-                    errors += isinstance(record, Dropped) and record.stage == "error"
-                    bar.update(1)
+                for shard, stored in results:
+                    collector.add(shard, stored)
+                    computed += len(stored)
+                    errors += sum(d.stage == "error" for d in stored.dropped)
+                    bar.update(len(stored))
+                collector.finish()
+        if not collector.pending:
+            # Parts no shard took (a retried task's, batched otherwise) go with the run.
+            remove_temporary(out)
         seconds = time.monotonic() - start
         complete = not collector.pending
         total_bytes = sum(

@@ -2,9 +2,12 @@
 through (decode -> flow -> filters, guidance, encoding), as Ray Data functions and classes.
 
 Rows travel between stages as ``{"shard": int, "payload": bytes}``: the payload is a pickled
-record (:class:`WorkItem`, ``FramePair``, ``FlowSample``, ``EncodedSample`` or ``Dropped``), so
-ragged frames of different sizes and dropped pairs share one schema. The stage functions are
-:mod:`cmpdata.stages`'; this module only moves records between them.
+record (:class:`WorkItem`, ``FramePair``, ``FlowSample`` or ``Dropped``), so ragged frames of
+different sizes and dropped pairs share one schema. The last stage leaves its encoded samples
+in part files of the output directory (:func:`cmpdata.store.directory.write_part`) and sends
+the driver only a :class:`Stored` summary a shard: the samples' bytes never travel to the
+driver. The stage functions are :mod:`cmpdata.stages`'; this module only moves records
+between them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from cmpdata.io.pairs import iter_pairs
 from cmpdata.plan import split_of
 from cmpdata.records import Dropped, FramePair, Source, VideoInfo
 from cmpdata.stages import compute_flows, finish_sample
-from cmpdata.store.shards import encode_sample
+from cmpdata.store.directory import write_part
+from cmpdata.store.shards import EncodedSample, encode_sample
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,36 @@ class WorkItem:
     source: Source
     info: VideoInfo
     pairs: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the driver hears of some of a shard's pairs: the part file holding those encoded
+    (its name in the output directory; None when all were dropped), their sample ids, and the
+    pairs dropped."""
+
+    part: str | None
+    sample_ids: tuple[str, ...]
+    dropped: tuple[Dropped, ...]
+
+    def __len__(self) -> int:
+        return len(self.sample_ids) + len(self.dropped)
+
+
+def store_records(out: str, shards: Sequence[int], records: Sequence[object]) -> dict[str, Any]:
+    """Encoded samples and dropped pairs, each of shard ``shards[k]`` -> a part file a shard
+    (:func:`~cmpdata.store.directory.write_part`) and a batch of one :class:`Stored` row a
+    shard."""
+    groups: dict[int, list[object]] = {}
+    for shard, record in zip(shards, records, strict=True):
+        groups.setdefault(shard, []).append(record)
+    summaries = []
+    for shard, group in groups.items():
+        samples = [r for r in group if isinstance(r, EncodedSample)]
+        part = write_part(Path(out), shard, samples) if samples else None
+        dropped = tuple(r for r in group if isinstance(r, Dropped))
+        summaries.append(Stored(part, tuple(s.sample_id for s in samples), dropped))
+    return _batch(list(groups), summaries)
 
 
 def _batch(shards: Sequence[int], records: Sequence[object]) -> dict[str, np.ndarray]:
@@ -111,11 +145,6 @@ def unexpected(exc: BaseException) -> str:
     return clip_text(f"unexpected error: {type(exc).__name__}: {exc} (at {where})", MAX_REASON)
 
 
-def _item_rows(item: WorkItem, records: Sequence[object]) -> list[dict[str, Any]]:
-    batch = _batch([item.shard] * len(records), records)
-    return [{"shard": item.shard, "payload": p} for p in batch["payload"]]
-
-
 def decode_stage(
     batch: dict[str, np.ndarray], config: ExtractConfig, batch_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -169,29 +198,36 @@ def finish_records(
     return out
 
 
-def finish_stage(batch: dict[str, np.ndarray], config: ExtractConfig) -> dict[str, np.ndarray]:
-    """Ray Data map_batches: flow samples -> encoded samples (or dropped pairs)."""
+def finish_stage(
+    batch: dict[str, np.ndarray], config: ExtractConfig, out: str
+) -> dict[str, np.ndarray]:
+    """Ray Data map_batches: flow samples -> encoded samples (or dropped pairs), stored in
+    part files (:func:`store_records`)."""
     _limit_threads()
     shards, records = _unbatch(batch)
-    return _batch(shards, finish_records(records, build_sampler(config.guidance), config))
+    return store_records(
+        out, shards, finish_records(records, build_sampler(config.guidance), config)
+    )
 
 
 _BACKENDS: dict[str, FlowBackend] = {}  # per worker process: Ray reuses its task workers
 
 
 def cpu_stage(
-    row: dict[str, Any], config: ExtractConfig, options: dict[str, Any], batch_size: int
+    row: dict[str, Any], config: ExtractConfig, options: dict[str, Any], batch_size: int, out: str
 ) -> list[dict[str, Any]]:
-    """Ray Data flat_map for a CPU flow backend: one work item through every stage."""
+    """Ray Data flat_map for a CPU flow backend: one work item through every stage, its
+    encoded samples stored in a part file (:func:`store_records`)."""
     _limit_threads()
     item: WorkItem = pickle.loads(row["payload"])
     key = json.dumps([config.flow, options], sort_keys=True, default=str)
     if key not in _BACKENDS:
         _BACKENDS[key] = build_flow(config.flow, **options)
     sampler = build_sampler(config.guidance)
-    out: list[object] = []
+    records: list[object] = []
     # Frames are decoded a batch at a time: an item of a long video never holds all its frames.
     for batch in decoded_batches(item, config, batch_size):
         flowed = flow_records(batch, _BACKENDS[key], config.consistency)
-        out += finish_records(flowed, sampler, config)
-    return _item_rows(item, out)
+        records += finish_records(flowed, sampler, config)
+    stored = store_records(out, [item.shard] * len(records), records)
+    return [{"shard": item.shard, "payload": p} for p in stored["payload"]]

@@ -8,10 +8,13 @@ A run that must die at a precise moment, or hit a full disk, runs in a subproces
 patches itself before calling the library (:data:`FAULTY`): it replaces ``os.replace``,
 ``os.fsync`` or ``torch.save`` by a version that SIGKILLs the process at the
 n-th call, so the library carries no test hook. In those subprocesses the Ray stages are
-replayed: ``run_pipeline`` yields the records the clean run's pipeline produced (recorded by
-the ``clean`` fixture), so that a killed run costs a process start rather than a Ray job;
-what is under test there (the driver's locking, atomic writes, done markers and resuming)
-runs as is, and every rerun after a kill is a real ``extract``. Faults inside the Ray stages
+replayed: ``run_pipeline`` yields the summaries the clean run's pipeline produced and leaves
+their part files in the output directory, as the workers did (recorded by the ``clean``
+fixture), and the shards are written in the process itself
+(:class:`shardwriter.InlineShardWriter`, the same function as the Ray tasks), so that a killed
+run costs a process start rather than a Ray job; what is under test there (the driver's
+locking, atomic writes, done markers and resuming) runs as is, and every rerun after a kill is
+a real ``extract``. Faults inside the Ray stages
 (a killed worker, a removed node, a hanging decoder) use the real pipeline.
 
 Covered elsewhere and not repeated here: a whole ``cmpdata extract`` process group killed
@@ -65,8 +68,9 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 # "kill": {"call": "replace" | "fsync" | "torch.save", "name": the file name (a temporary
 # file by its final name) or "torch.save", "when": "before" | "after", "nth": n} SIGKILLs it
 # at the n-th matching call (torch.save writes half the file first); "replay": a pickle of
-# (shard, record) makes run_pipeline yield those records; "wait_for": a path the replay waits
-# for before its first.
+# (shard, Stored, part bytes) makes run_pipeline write those parts and yield those summaries,
+# and shards be written in this process; "wait_for": a path the replay waits for before its
+# first.
 FAULTY = """
 import io, json, os, pickle, signal, sys, time
 from pathlib import Path
@@ -116,12 +120,19 @@ def apply(spec):
         torch.save = save
     if spec.get("replay"):
         import pipelines.extract
+        sys.path.insert(0, "tests")
+        from shardwriter import InlineShardWriter
         records = pickle.loads(Path(spec["replay"]).read_bytes())
-        def replay(plan, shards, run, options):
+        def replay(plan, shards, run, options, out):
             while spec.get("wait_for") and not os.path.exists(spec["wait_for"]):
                 time.sleep(0.02)
-            yield from [(shard, record) for shard, record in records if shard in shards]
+            for shard, stored, part in records:
+                if shard in shards:
+                    if stored.part:
+                        (out / stored.part).write_bytes(part)
+                    yield shard, stored
         pipelines.extract.run_pipeline = replay
+        pipelines.extract.ShardWriter = InlineShardWriter
 """
 
 # argv: the spec, then the command: ["cmpdata", ...] runs the cmpdata command line, ["train",
@@ -161,15 +172,16 @@ def run_killed(spec: dict, command: list) -> None:
 @pytest.fixture(scope="module")
 def clean(synth_clips: Path, ray_local, tmp_path_factory) -> Path:
     """An uninterrupted run: the dataset every faulty run must end up equal to. What its
-    pipeline yielded is kept in ``../records.pkl`` for replays."""
+    pipeline yielded, with the part files' bytes, is kept in ``../records.pkl`` for replays."""
     out = tmp_path_factory.mktemp("faults-clean") / "ds"
     records = []
     run_pipeline = extract_module.run_pipeline
 
     def recording(*args, **kwargs):
-        for shard, record in run_pipeline(*args, **kwargs):
-            records.append((shard, record))
-            yield shard, record
+        for shard, stored in run_pipeline(*args, **kwargs):
+            part = (out / stored.part).read_bytes() if stored.part else b""
+            records.append((shard, stored, part))
+            yield shard, stored
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(extract_module, "run_pipeline", recording)
@@ -591,12 +603,13 @@ def test_a_hanging_decoder_is_abandoned_recorded_and_the_run_goes_on(
 
 
 # One work item as a Ray worker runs it, on the CPU path (decode, flow, guidance and encoding
-# in one task: "cpu") or the GPU path's decode task ("decode": its batches of frame pairs,
-# each pickled and let go, as Ray Data takes them); prints the process's peak resident
+# in one task, the encoded samples left in a part file: "cpu") or the GPU path's decode task
+# ("decode": its batches of frame pairs, each pickled and let go, as Ray Data takes them);
+# prints the process's peak resident
 # memory (MB) before and after. argv: path, video, width, height, frames, pairs, stride,
 # short side (0: keep), batch size.
 PEAK_MEMORY = """
-import json, pickle, sys
+import json, pickle, sys, tempfile
 from pathlib import Path
 from cmpdata.config import ExtractConfig
 from cmpdata.io.pairs import PairConfig, pair_indices
@@ -619,8 +632,12 @@ def peak():
 
 before = peak()
 if path == "cpu":
-    rows = cpu_stage({"payload": pickle.dumps(item)}, config, {"preset": "ultrafast"}, batch)
-    kinds = [type(pickle.loads(r["payload"])).__name__ for r in rows]
+    out = Path(tempfile.mkdtemp())
+    rows = cpu_stage({"payload": pickle.dumps(item)}, config, {"preset": "ultrafast"}, batch, out)
+    stored = [pickle.loads(r["payload"]) for r in rows]
+    # The item's encoded samples, from the part file it left, and its dropped pairs.
+    parts = [pickle.loads((out / s.part).read_bytes()) for s in stored if s.part]
+    kinds = [type(r).__name__ for r in [*sum(parts, []), *(d for s in stored for d in s.dropped)]]
 else:
     kinds = []
     for out in decode_stage(_batch([0], [item]), config, batch):

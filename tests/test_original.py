@@ -58,7 +58,9 @@ def test_the_converted_model_computes_what_the_original_computes(name):
     # read back as the original does: expectation over its bin centres, corners aligned
     torch.testing.assert_close(bin_centres(), case["bins"].float(), atol=1e-5, rtol=0)
     flow = dense_flow(logits, inputs["image"].shape[-2:])
-    torch.testing.assert_close(flow, case["flow"], atol=1e-3, rtol=1e-4)
+    # The convolution kernels' sums differ by CPU: 1e-3 px held on an AMD EPYC, one pixel of
+    # 9,216 was 1.13e-3 px off on an Intel Xeon (the skip decoder's fixture).
+    torch.testing.assert_close(flow, case["flow"], atol=2e-3, rtol=1e-4)
 
 
 def random_original(variant: str, seed: int = 0) -> dict[str, torch.Tensor]:

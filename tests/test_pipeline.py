@@ -213,10 +213,15 @@ def test_a_shard_that_does_not_read_back_as_written_is_never_finished(
     synth_clips: Path, clean_run: Path, tmp_path, monkeypatch, capsys
 ):
     import h5py
+    from shardwriter import InlineShardWriter
 
     import cmpdata.store.directory
+    import pipelines.extract
     from pipelines.cli import main
 
+    # The shards written in this process, where the patch below holds (the same function as
+    # the Ray tasks; those report their errors as test_a_failed_shard_task_is_one_line shows).
+    monkeypatch.setattr(pipelines.extract, "ShardWriter", InlineShardWriter)
     real_write = cmpdata.store.directory.write_shard
 
     def write_then_change(path, samples, attrs):
@@ -237,6 +242,39 @@ def test_a_shard_that_does_not_read_back_as_written_is_never_finished(
     monkeypatch.undo()
     assert main(argv) == 0  # the rerun writes the shard again
     assert read_manifest(out)["content_digest"] == read_manifest(clean_run)["content_digest"]
+
+
+def test_a_shard_from_its_parts_in_any_order(clean_run: Path, tmp_path):
+    from cmpdata.store.directory import write_part, write_shard_from_parts
+    from cmpdata.store.shards import ShardError, ShardReader
+
+    with ShardReader(clean_run / "shard-00000.h5") as reader:
+        samples = [reader.encoded(i) for i in range(len(reader))]
+        ids, digests, _ = reader.digests()
+        attrs = reader.attrs
+    # Parts as workers leave them: any grouping, arriving in any order.
+    parts = [write_part(tmp_path, 0, samples[2:]), write_part(tmp_path, 0, samples[:2])]
+    assert write_part(tmp_path, 0, samples[:2]) == parts[1]  # a retried task: the same part
+    info, rows = write_shard_from_parts(tmp_path, 0, parts, ids, attrs)
+    assert rows == [[i, d, s.split] for i, d, s in zip(ids, digests, samples, strict=True)]
+    assert list(info.digests) == digests and not list(tmp_path.glob(".shard-*"))
+    with ShardReader(tmp_path / "shard-00000.h5") as reader:
+        assert reader.digests()[0] == ids
+    parts = [write_part(tmp_path, 1, samples[:3])]
+    with pytest.raises(ShardError, match="its parts hold 3 samples, 4 expected"):
+        write_shard_from_parts(tmp_path, 1, parts, ids, attrs)
+    assert not (tmp_path / "shard-00001.h5").exists()
+
+
+def test_a_failed_shard_task_is_one_line(ray_local, tmp_path):
+    from cmpdata.store.shards import ShardError
+    from pipelines.extract import ShardWriter
+
+    writer = ShardWriter(tmp_path, {})
+    writer.submit(3, [".shard-00003.h5.part-gone"], ["a#000000-000003"])
+    with pytest.raises(ShardError, match=r"shard-00003.h5: its part .* is missing") as caught:
+        writer.finished(wait=True)
+    assert "\n" not in str(caught.value) and not writer.running
 
 
 def test_a_dataset_of_the_old_schema_is_one_line_everywhere(

@@ -157,6 +157,18 @@ def test_unlisted_shard_and_wrong_content_digest(dataset_dir):
     assert len(found) == 2
 
 
+def test_leftover_temporary_and_part_files(dataset_dir):
+    part = ".shard-00001.h5.part-0123456789abcdef0123"
+    for name in (part, f"{part}.tmp-1f2e", ".shard-00001.h5.tmp-4242"):
+        (dataset_dir / name).write_bytes(b"left by a killed run")
+    found = problems(verify_dataset(dataset_dir, progress=False))
+    assert sorted(found, key=str) == [
+        (part, None, "leftover part file of an interrupted run"),
+        (f"{part}.tmp-1f2e", None, "leftover temporary file of an interrupted write"),
+        (".shard-00001.h5.tmp-4242", None, "leftover temporary file of an interrupted write"),
+    ]
+
+
 def test_missing_or_incomplete_manifest(dataset_dir):
     edit_manifest(dataset_dir, lambda m: m.update(complete=False))
     found = problems(verify_dataset(dataset_dir, progress=False))

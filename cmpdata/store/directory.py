@@ -8,6 +8,12 @@ finished shard ``shard-NNNNN.h5`` (:mod:`cmpdata.store.shards`) and its done mar
 Every file is written to a temporary name beside it (``.NAME.tmp-PID``) and renamed into
 place; a temporary file found while holding the lock was left by a run that was killed.
 
+While a shard is being made, the workers that encode its samples leave them in part files
+(``.shard-NNNNN.h5.part-KEY``, pickled :class:`~cmpdata.store.shards.EncodedSample` lists);
+the shard's writer, a task of its own, gathers them into the shard and removes them. Parts
+are temporary files too: a rerun removes those a killed run left and computes their shards
+again.
+
 The done marker holds the plan fingerprint the shard was made for, the shard's name, sample
 count, sha256, size and index, its samples as ``[sample id, digest, split]`` and its dropped
 pairs (as ``failures.jsonl`` lines). A shard counts as finished when its file and marker are
@@ -18,7 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
+import os
+import pickle
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -39,7 +49,7 @@ from cmpdata.store.shards import (
 )
 
 LOCK = ".lock"
-TEMPORARY = (".shard-*.tmp-*", f".{MANIFEST}.tmp-*", f".{FAILURES}.tmp-*")
+TEMPORARY = (".shard-*.tmp-*", ".shard-*.part-*", f".{MANIFEST}.tmp-*", f".{FAILURES}.tmp-*")
 # What a run stopped by a failed write (disk full) says to do next.
 _FINISH = (
     "the shards already written are kept: free space (or raise the file-size limit) "
@@ -177,42 +187,91 @@ def check_existing(
     )
 
 
-def write_finished_shard(
-    out: Path,
-    index: int,
-    samples: Sequence[EncodedSample],
-    dropped: Sequence[Dropped],
-    attrs: dict[str, Any],
-    fingerprint: str,
-) -> ShardInfo:
-    """Write shard ``index`` atomically, read it back, then write its done marker.
+def part_name(index: int, sample_ids: Sequence[str]) -> str:
+    """The name of the part file of shard ``index`` holding ``sample_ids``: named by its content,
+    so that a retried task writes the same part again instead of a second copy."""
+    key = hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()[:20]
+    return f".{shard_name(index)}.part-{key}"
 
-    A shard that does not read back as written is removed and :class:`ShardError` raised; a
-    failed write (disk full) raises :class:`~cmpdata.errors.RunStopped`, leaving no partial
-    file, and no shard whose marker could not be written.
+
+def write_part(out: Path, index: int, samples: Sequence[EncodedSample]) -> str:
+    """Write encoded samples of shard ``index`` to a part file in ``out`` for the shard's writer
+    to gather (:func:`write_shard_from_parts`); returns its name.
+
+    A part lives only until its shard is written: it is renamed into place whole (so another
+    node never reads half of one) but not synced, since a run that dies computes unfinished
+    shards again. Raises :class:`~cmpdata.errors.RunStopped` when it cannot be written.
+    """
+    name = part_name(index, [s.sample_id for s in samples])
+    path = out / name
+    tmp = out / f"{name}.tmp-{uuid.uuid4().hex}"
+    with write_errors(path):
+        try:
+            tmp.write_bytes(pickle.dumps(list(samples), protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return name
+
+
+def write_shard_from_parts(
+    out: Path, index: int, parts: Sequence[str], order: Sequence[str], attrs: dict[str, Any]
+) -> tuple[ShardInfo, list[list[str]]]:
+    """Write shard ``index`` from its part files: the samples in ``order`` (sample ids, the
+    plan's order), atomically, read back; then remove the parts.
+
+    Returns the shard's :class:`ShardInfo` and its samples as ``[sample id, digest, split]``
+    for the done marker, which the caller writes (:func:`write_marker`). A part that is
+    missing or does not hold what ``order`` asks for raises :class:`ShardError`; a shard that
+    does not read back as written is removed and :class:`ShardError` raised; a failed write
+    (disk full) raises :class:`~cmpdata.errors.RunStopped`, leaving no partial file.
     """
     path = out / shard_name(index)
+    samples: dict[str, EncodedSample] = {}
+    for name in parts:
+        try:
+            samples.update((s.sample_id, s) for s in pickle.loads((out / name).read_bytes()))
+        except FileNotFoundError:
+            raise ShardError(path, f"its part {name} is missing") from None
+    if sorted(samples) != sorted(order):
+        raise ShardError(path, f"its parts hold {len(samples)} samples, {len(order)} expected")
+    ordered = [samples[sample_id] for sample_id in order]
     with write_errors(path):
-        info = write_shard(path, samples, {**attrs, "shard_index": index})
+        info = write_shard(path, ordered, {**attrs, "shard_index": index})
     # A shard that does not read back as written is never counted as finished.
     try:
-        check_written(path, info, [s.sample_id for s in samples])
+        check_written(path, info, order)
     except ShardError:
         path.unlink()
         raise
-    rows = [[s.sample_id, d, s.split] for s, d in zip(samples, info.digests, strict=True)]
+    for name in parts:
+        (out / name).unlink(missing_ok=True)
+    rows = [[s.sample_id, d, s.split] for s, d in zip(ordered, info.digests, strict=True)]
+    return info, rows
+
+
+def write_marker(
+    out: Path,
+    index: int,
+    info: ShardInfo,
+    rows: Sequence[Sequence[str]],
+    dropped: Sequence[Dropped],
+    fingerprint: str,
+) -> None:
+    """Write the done marker of the written shard ``index`` (module docstring); when it cannot
+    be written the shard is removed too, and :class:`~cmpdata.errors.RunStopped` raised: no
+    shard without its marker, the rerun writes both again."""
     marker = {
         "fingerprint": fingerprint,
         **info.record(),
         "index": index,
-        "samples": rows,
+        "samples": [list(row) for row in rows],
         "dropped": [asdict(d) for d in dropped],
     }
     try:
         with write_errors(marker_path(out, index)):
             write_json_atomic(marker_path(out, index), marker)
     except BaseException:
-        # No shard without its marker: the rerun writes both again.
-        path.unlink(missing_ok=True)
+        (out / shard_name(index)).unlink(missing_ok=True)
         raise
-    return info

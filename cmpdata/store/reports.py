@@ -295,6 +295,9 @@ def verify_dataset(directory: str | Path, progress: bool = True) -> VerifyReport
                 report.add(p.name, None, "shard file not listed in the manifest")
     for p in sorted(directory.glob(".shard-*.tmp-*")):
         report.add(p.name, None, "leftover temporary file of an interrupted write")
+    for p in sorted(directory.glob(".shard-*.part-*")):
+        if ".tmp-" not in p.name:
+            report.add(p.name, None, "leftover part file of an interrupted run")
     if not entries:
         report.add(None, None, f"{directory}: no shards ({SHARD_GLOB}) found")
 
