@@ -239,11 +239,13 @@ def driver_cost(
       reading the parts, the file, its read-back check), run here: the work spread over the
       cluster's workers;
     - ``gather`` and ``mark``, the driver's CPU time (this process, all its threads):
-      ``gather``, the workers' summaries coming out of a Ray Data stage as rows (one a part of
-      64 pairs, about a work item) and unpickled, as :func:`pipelines.extract.run_pipeline`
-      yields them; ``mark``, :class:`pipelines.extract.ShardCollector` taking them, starting
-      each shard's writer task (:class:`pipelines.extract.ShardWriter`), and writing the done
-      markers. The two give the driver's ceiling.
+      ``gather``, the workers' summaries coming out of a Ray Data stage as rows and unpickled,
+      as the GPU path of :func:`pipelines.extract.run_pipeline` yields them: a row a flow
+      batch (``batch_size`` pairs, a part each), the finest grain of either path (the CPU
+      path's tasks each return one summary of a work item, 16 or more pairs); ``mark``,
+      :class:`pipelines.extract.ShardCollector` taking them, starting each shard's writer
+      task (:class:`pipelines.extract.ShardWriter`), and writing the done markers. The two
+      give the driver's ceiling.
     """
     planned = [PlannedSample("bench.mp4", 10 * k, 10 * k + 3, "train") for k in range(pairs)]
     plan = Plan(config, {}, {}, {}, [], planned)
@@ -256,10 +258,11 @@ def driver_cost(
     def write_parts(directory: Path) -> list[tuple[int, Stored]]:
         # The workers' share, not timed: their part files and summaries.
         stored = []
+        batch = pipeline.RunSettings().batch_size
         for index in range(plan.num_shards):
             shard = cycled[index * config.shard_size : (index + 1) * config.shard_size]
-            for first in range(0, len(shard), 64):
-                chunk = shard[first : first + 64]
+            for first in range(0, len(shard), batch):
+                chunk = shard[first : first + batch]
                 part = write_part(directory, index, chunk)
                 stored.append((index, Stored(part, tuple(s.sample_id for s in chunk), ())))
         return stored

@@ -10,10 +10,10 @@ The run, in order:
 3. compare with what the directory already holds (:mod:`cmpdata.store.directory`): same
    plan -> resume (finished shards are kept), different -> refuse naming the differences,
    unless ``overwrite``;
-4. stream the unfinished shards' work through Ray Data (:mod:`pipelines.stages`). With GPUs:
-   decode (CPU tasks) -> flow (an actor pool, batched, one actor per GPU) -> filters,
-   guidance, encoding (CPU tasks). On CPU the same three steps run in one task per work
-   item, so that frames stay in the worker that decoded them (measured in
+4. run the unfinished shards' work on Ray (:mod:`pipelines.stages`). With GPUs, streamed
+   by Ray Data: decode (CPU tasks) -> flow (an actor pool, batched, one actor per GPU) ->
+   filters, guidance, encoding (CPU tasks). On CPU the same three steps run in one plain Ray
+   task per work item, so that frames stay in the worker that decoded them (measured in
    ``benchmarks/extract.py``: passing each pair's frames through the object store and
    starting flow actors made 2 workers slower than a plain loop on 2 cores);
 5. gather: the workers leave their encoded samples in part files of the output directory
@@ -27,6 +27,7 @@ The run, in order:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -283,62 +284,103 @@ def run_pipeline(
     """Stream (shard index, :class:`~pipelines.stages.Stored`) until every planned pair of
     ``shards`` is stored in a part file in ``out`` or dropped."""
     import ray
-    import ray.data
 
     ensure_ray(run.address, run.workers)
+    workers = run.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    items = work_items(plan, shards, workers)
+    if run.num_gpus:
+        yield from _gpu_pipeline(items, plan.config, run, options, out)
+    else:
+        yield from _cpu_tasks(items, workers, plan.config, run, options, out)
+
+
+def _cpu_tasks(
+    items: Sequence[WorkItem],
+    workers: int,
+    config: ExtractConfig,
+    run: RunSettings,
+    options: dict[str, Any],
+    out: Path,
+) -> Iterator[tuple[int, Stored]]:
+    # On CPU one task takes a work item through every stage: its frames stay in the worker
+    # that decoded them (no trip through the object store) and no flow actor has to start.
+    # Plain tasks rather than Ray Data: its executor notices a finished task up to 0.1 s late
+    # (it polls), a gap between two items of each worker; here the driver waits on the tasks
+    # themselves, and twice as many items as workers are queued, so that a freed core starts
+    # the next at once.
+    import ray
+
+    task = ray.remote(num_cpus=1)(cpu_stage)
+    queue = collections.deque(items)
+    running: list[Any] = []
+    try:
+        while queue or running:
+            while queue and len(running) < 2 * workers:
+                item = queue.popleft()
+                running.append(task.remote(item, config, options, run.batch_size, str(out)))
+            (done,), running = ray.wait(running, num_returns=1)
+            yield from task_result(done)
+    finally:
+        for ref in running:
+            ray.cancel(ref)
+
+
+def _gpu_pipeline(
+    items: Sequence[WorkItem],
+    config: ExtractConfig,
+    run: RunSettings,
+    options: dict[str, Any],
+    out: Path,
+) -> Iterator[tuple[int, Stored]]:
+    # decode (CPU tasks) -> flow (an actor pool, one actor per GPU, batched) -> filters,
+    # guidance, encoding (CPU tasks), streamed by Ray Data.
+    import ray.data
+
     # Ray Data reports each execution at INFO on stderr; our progress bar and summary say it.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is on the driver
     ctx.enable_operator_progress_bars = False
-    # A single CPU operator needs no share of the cluster held for other operators; with the
-    # reservation Ray Data starts the second worker's first task about a second after the
-    # first (measured on 2 cores). The GPU path's three operators keep it.
-    ctx.op_resource_reservation_enabled = bool(run.num_gpus)
-    config = plan.config
-    workers = run.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    items = work_items(plan, shards, workers)
     rows = [{"shard": it.shard, "payload": pickle.dumps(it)} for it in items]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-    if run.num_gpus:
-        # Each flow actor holds one GPU and one CPU; decoding and encoding are CPU tasks.
-        task_cpus = 0.5
-        ds = ds.map_batches(
-            decode_stage,
-            fn_kwargs={"config": config, "batch_size": run.batch_size},
-            batch_size=1,
-            num_cpus=task_cpus,
-        )
-        ds = ds.map_batches(
-            FlowStage,
-            fn_constructor_kwargs={"config": config, "options": options},
-            batch_size=run.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.num_gpus),
-            num_gpus=1,
-            num_cpus=1,
-        )
-        ds = ds.map_batches(
-            finish_stage,
-            fn_kwargs={"config": config, "out": str(out)},
-            batch_size=run.batch_size,
-            num_cpus=task_cpus,
-        )
-    else:
-        # On CPU one task takes a work item through every stage: its frames stay in the
-        # worker that decoded them (no trip through the object store), no flow actor has to
-        # start, and `workers` tasks of one CPU each keep `workers` cores busy.
-        ds = ds.flat_map(
-            cpu_stage,
-            concurrency=workers,
-            fn_kwargs={
-                "config": config,
-                "options": options,
-                "batch_size": run.batch_size,
-                "out": str(out),
-            },
-        )
+    # Each flow actor holds one GPU and one CPU; decoding and encoding are CPU tasks.
+    task_cpus = 0.5
+    ds = ds.map_batches(
+        decode_stage,
+        fn_kwargs={"config": config, "batch_size": run.batch_size},
+        batch_size=1,
+        num_cpus=task_cpus,
+    )
+    ds = ds.map_batches(
+        FlowStage,
+        fn_constructor_kwargs={"config": config, "options": options},
+        batch_size=run.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.num_gpus),
+        num_gpus=1,
+        num_cpus=1,
+    )
+    ds = ds.map_batches(
+        finish_stage,
+        fn_kwargs={"config": config, "out": str(out)},
+        batch_size=run.batch_size,
+        num_cpus=task_cpus,
+    )
     for row in ds.iter_rows():
         yield int(row["shard"]), pickle.loads(row["payload"])
+
+
+def task_result(ref: Any) -> Any:
+    """``ray.get(ref)``; a task's :class:`CmpDataError` (a failed write, a missing part) is
+    raised as itself, one line, anything else as Ray's task error with its traceback."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, CmpDataError):
+            raise exc.cause from None
+        raise
 
 
 def _write_shard_task(
@@ -367,27 +409,15 @@ class ShardWriter:
 
     def finished(self, wait: bool = False) -> list[tuple[int, ShardInfo, list[list[str]]]]:
         """The shards written since the last call (all still running, with ``wait``):
-        ``(index, info, marker rows)``. A write that failed raises its error: a
-        :class:`CmpDataError` as itself (one line), anything else as Ray's task error with
-        its traceback."""
+        ``(index, info, marker rows)``. A write that failed raises its error
+        (:func:`task_result`)."""
         import ray
-        from ray.exceptions import RayTaskError
 
         if not self.running:
             return []
         refs = list(self.running)
         done, _ = ray.wait(refs, num_returns=len(refs) if wait else 1, timeout=None if wait else 0)
-        results = []
-        for ref in done:
-            index = self.running.pop(ref)
-            try:
-                info, rows = ray.get(ref)
-            except RayTaskError as exc:
-                if isinstance(exc.cause, CmpDataError):
-                    raise exc.cause from None
-                raise
-            results.append((index, info, rows))
-        return results
+        return [(self.running.pop(ref), *task_result(ref)) for ref in done]
 
     def close(self) -> None:
         """Wait for the writes still running (after an error: none is left writing into a

@@ -60,10 +60,11 @@ class Stored:
         return len(self.sample_ids) + len(self.dropped)
 
 
-def store_records(out: str, shards: Sequence[int], records: Sequence[object]) -> dict[str, Any]:
+def store_records(
+    out: str, shards: Sequence[int], records: Sequence[object]
+) -> list[tuple[int, Stored]]:
     """Encoded samples and dropped pairs, each of shard ``shards[k]`` -> a part file a shard
-    (:func:`~cmpdata.store.directory.write_part`) and a batch of one :class:`Stored` row a
-    shard."""
+    (:func:`~cmpdata.store.directory.write_part`) and its (shard, :class:`Stored`)."""
     groups: dict[int, list[object]] = {}
     for shard, record in zip(shards, records, strict=True):
         groups.setdefault(shard, []).append(record)
@@ -72,8 +73,8 @@ def store_records(out: str, shards: Sequence[int], records: Sequence[object]) ->
         samples = [r for r in group if isinstance(r, EncodedSample)]
         part = write_part(Path(out), shard, samples) if samples else None
         dropped = tuple(r for r in group if isinstance(r, Dropped))
-        summaries.append(Stored(part, tuple(s.sample_id for s in samples), dropped))
-    return _batch(list(groups), summaries)
+        summaries.append((shard, Stored(part, tuple(s.sample_id for s in samples), dropped)))
+    return summaries
 
 
 def _batch(shards: Sequence[int], records: Sequence[object]) -> dict[str, np.ndarray]:
@@ -205,21 +206,20 @@ def finish_stage(
     part files (:func:`store_records`)."""
     _limit_threads()
     shards, records = _unbatch(batch)
-    return store_records(
-        out, shards, finish_records(records, build_sampler(config.guidance), config)
-    )
+    encoded = finish_records(records, build_sampler(config.guidance), config)
+    stored = store_records(out, shards, encoded)
+    return _batch([shard for shard, _ in stored], [summary for _, summary in stored])
 
 
 _BACKENDS: dict[str, FlowBackend] = {}  # per worker process: Ray reuses its task workers
 
 
 def cpu_stage(
-    row: dict[str, Any], config: ExtractConfig, options: dict[str, Any], batch_size: int, out: str
-) -> list[dict[str, Any]]:
-    """Ray Data flat_map for a CPU flow backend: one work item through every stage, its
-    encoded samples stored in a part file (:func:`store_records`)."""
+    item: WorkItem, config: ExtractConfig, options: dict[str, Any], batch_size: int, out: str
+) -> list[tuple[int, Stored]]:
+    """A Ray task for a CPU flow backend: one work item through every stage, its encoded
+    samples stored in a part file (:func:`store_records`)."""
     _limit_threads()
-    item: WorkItem = pickle.loads(row["payload"])
     key = json.dumps([config.flow, options], sort_keys=True, default=str)
     if key not in _BACKENDS:
         _BACKENDS[key] = build_flow(config.flow, **options)
@@ -229,5 +229,4 @@ def cpu_stage(
     for batch in decoded_batches(item, config, batch_size):
         flowed = flow_records(batch, _BACKENDS[key], config.consistency)
         records += finish_records(flowed, sampler, config)
-    stored = store_records(out, [item.shard] * len(records), records)
-    return [{"shard": item.shard, "payload": p} for p in stored["payload"]]
+    return store_records(out, [item.shard] * len(records), records)

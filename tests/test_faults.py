@@ -633,8 +633,7 @@ def peak():
 before = peak()
 if path == "cpu":
     out = Path(tempfile.mkdtemp())
-    rows = cpu_stage({"payload": pickle.dumps(item)}, config, {"preset": "ultrafast"}, batch, out)
-    stored = [pickle.loads(r["payload"]) for r in rows]
+    stored = [s for _, s in cpu_stage(item, config, {"preset": "ultrafast"}, batch, out)]
     # The item's encoded samples, from the part file it left, and its dropped pairs.
     parts = [pickle.loads((out / s.part).read_bytes()) for s in stored if s.part]
     kinds = [type(r).__name__ for r in [*sum(parts, []), *(d for s in stored for d in s.dropped)]]
