@@ -383,14 +383,6 @@ def task_result(ref: Any) -> Any:
         raise
 
 
-def _write_shard_task(
-    out: Path, index: int, parts: Sequence[str], order: Sequence[str], attrs: dict[str, Any]
-) -> tuple[ShardInfo, list[list[str]]]:
-    # A light task (file I/O and hashing), spread over the nodes; it takes no CPU from the
-    # stages' count, so that a shard is written as soon as it is whole.
-    return write_shard_from_parts(out, index, parts, order, attrs)
-
-
 class ShardWriter:
     """Writes whole shards from their parts in Ray tasks and hands back what their done
     markers need; the driver writes the markers."""
@@ -399,7 +391,9 @@ class ShardWriter:
         import ray
 
         self.out, self.attrs = out, attrs
-        self.task = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(_write_shard_task)
+        # A light task (file I/O and hashing), spread over the nodes; it takes no CPU from
+        # the stages' count, so that a shard is written as soon as it is whole.
+        self.task = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(write_shard_from_parts)
         self.running: dict[Any, int] = {}
 
     def submit(self, index: int, parts: Sequence[str], order: Sequence[str]) -> None:
@@ -416,7 +410,7 @@ class ShardWriter:
         if not self.running:
             return []
         refs = list(self.running)
-        done, _ = ray.wait(refs, num_returns=len(refs) if wait else 1, timeout=None if wait else 0)
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
         return [(self.running.pop(ref), *task_result(ref)) for ref in done]
 
     def close(self) -> None:
@@ -439,7 +433,6 @@ class ShardCollector:
         self.seen: dict[int, set[str]] = {i: set() for i in shards}
         self.parts: dict[int, list[str]] = {i: [] for i in shards}
         self.dropped: dict[int, list[Dropped]] = {i: [] for i in shards}
-        self.writing: set[int] = set()
 
     def add(self, shard: int, stored: Stored) -> None:
         """Take one summary of ``shard``'s pairs; start the shard's writer when it is whole,
@@ -455,7 +448,6 @@ class ShardCollector:
             dropped = {d.sample_id for d in self.dropped[shard]}
             order = sorted(set(expected) - dropped, key=expected.__getitem__)
             self.writer.submit(shard, self.parts.pop(shard), order)
-            self.writing.add(shard)
         self.mark(self.writer.finished())
 
     def mark(self, written: Sequence[tuple[int, ShardInfo, list[list[str]]]]) -> None:
@@ -464,7 +456,6 @@ class ShardCollector:
             order = self.expected[index]
             dropped = sorted(self.dropped.pop(index), key=lambda d: order[d.sample_id])
             write_marker(self.out, index, info, rows, dropped, self.plan.fingerprint)
-            self.writing.discard(index)
             del self.expected[index]
 
     def finish(self) -> None:
