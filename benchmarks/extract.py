@@ -29,10 +29,10 @@ milliseconds per pair of probing the source (as planning does), decoding, the fr
 filters, the flow, the flow filters, the guidance and the encoding (JPEG frame, flow codec);
 the goal is on their sum without the flow (:data:`GOAL_NON_FLOW_MS`).
 
-The driver's own cost a pair (:func:`driver_cost`: gathering the workers' summaries from Ray
-Data, starting the shards' writer tasks and writing the done markers, in CPU time of the
-driver process) gives the most pairs a second one driver can take, whatever the cluster: the
-ceiling. The writer tasks' own cost a pair is measured beside it.
+The driver's own cost a pair (:func:`driver_cost`: its CPU time in whole runs of small clips,
+on the CPU path and on the GPU path with a fake GPU) gives the most pairs a second one driver
+can take, whatever the cluster: the ceiling. The shard writer tasks' own cost a pair
+(:func:`writer_task_cost`), work the driver no longer does, is measured beside it.
 
 Throughput is planned pairs per second (dropped pairs count: they were decoded too). The
 loop's content digest (:func:`cmpdata.store.manifest.content_digest` over its encoded samples
@@ -49,7 +49,6 @@ import contextlib
 import dataclasses
 import itertools
 import os
-import pickle
 import statistics
 import tempfile
 import time
@@ -76,7 +75,7 @@ from cmpdata.filters import flow_rejection, frames_rejection
 from cmpdata.flow import build_flow
 from cmpdata.guidance import build_sampler
 from cmpdata.io.decoders import decord_frame_count
-from cmpdata.io.pairs import iter_pairs
+from cmpdata.io.pairs import PairConfig, iter_pairs
 from cmpdata.io.sources import find_sources, probe
 from cmpdata.plan import Plan, PlannedSample
 from cmpdata.records import Dropped
@@ -84,7 +83,7 @@ from cmpdata.stages import compute_flows, guide
 from cmpdata.store.directory import write_part, write_shard_from_parts
 from cmpdata.store.manifest import content_digest
 from cmpdata.store.shards import EncodedSample, encode_sample, shard_name, write_shard
-from pipelines.stages import Stored
+from cmpdata.synth.clips import make_clips
 
 PART = "extract"
 WORKERS = (1, 2)
@@ -168,9 +167,12 @@ def start_ray(cpus: int) -> float:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     start = time.perf_counter()
     # "local": a Ray of our own, even when another one runs on this (shared) machine.
+    # One GPU as far as Ray knows, for the driver's run of the GPU path (driver_cost); the
+    # CPU path asks for none.
     ray.init(
         address="local",
         num_cpus=cpus,
+        num_gpus=1,
         include_dashboard=False,
         log_to_driver=False,
         logging_level="ERROR",
@@ -225,82 +227,69 @@ def stage_budget(inputs: list[str], config: ExtractConfig) -> dict[str, float]:
     return {stage: 1e3 * s / max(count, 1) for stage, s in seconds.items()}
 
 
-DRIVER_PAIRS, DRIVER_PAIRS_QUICK = 4096, 2048
+DRIVER_PAIRS = 2048  # encoded samples through the shard writer's task
 GOAL_DRIVER_PAIRS_PER_S = 5000.0  # about 25 GPUs at 200 pairs/s each
+# The driver's runs: clips small enough for 2 cores to make pairs as fast as they can (DIS
+# ultrafast on 64 x 96 frames, every pair of gap 3), so that the driver's share is as large
+# as this machine can make it: 12 clips of 120 frames, 1,404 pairs.
+DRIVER_CLIPS: dict[str, Any] = {"count": 12, "height": 64, "width": 96, "num_frames": 120}
 
 
-def driver_cost(
+def writer_task_cost(
     samples: Sequence[EncodedSample], pairs: int, config: ExtractConfig, out: Path
-) -> dict[str, float]:
-    """Milliseconds a pair of ``pairs`` encoded samples (``samples`` cycled, with distinct ids)
-    in ``shard_size`` shards, as ``extract`` handles them:
-
-    - ``task``: a shard's writer task (:func:`cmpdata.store.directory.write_shard_from_parts`:
-      reading the parts, the file, its read-back check), run here: the work spread over the
-      cluster's workers;
-    - ``gather`` and ``mark``, the driver's CPU time (this process, all its threads):
-      ``gather``, the workers' summaries coming out of a Ray Data stage as rows and unpickled,
-      as the GPU path of :func:`pipelines.extract.run_pipeline` yields them: a row a flow
-      batch (``batch_size`` pairs, a part each), the finest grain of either path (the CPU
-      path's tasks each return one summary of a work item, 16 or more pairs); ``mark``,
-      :class:`pipelines.extract.ShardCollector` taking them, starting each shard's writer
-      task (:class:`pipelines.extract.ShardWriter`), and writing the done markers. The two
-      give the driver's ceiling.
-    """
+) -> float:
+    """Milliseconds a pair that a shard's writer task costs, run here
+    (:func:`cmpdata.store.directory.write_shard_from_parts`: the parts read, the file, its
+    read-back check) on ``pairs`` encoded samples (``samples`` cycled, with distinct ids) in
+    ``shard_size`` shards, from parts of ``batch_size`` samples (the GPU path's grain): work
+    that ``extract`` spreads over the cluster's workers."""
     planned = [PlannedSample("bench.mp4", 10 * k, 10 * k + 3, "train") for k in range(pairs)]
     plan = Plan(config, {}, {}, {}, [], planned)
     cycled = [
         dataclasses.replace(s, sample_id=p.sample_id)
         for p, s in zip(planned, itertools.cycle(samples), strict=False)
     ]
-    attrs = shard_attrs(config)
-
-    def write_parts(directory: Path) -> list[tuple[int, Stored]]:
-        # The workers' share, not timed: their part files and summaries.
-        stored = []
-        batch = pipeline.RunSettings().batch_size
-        for index in range(plan.num_shards):
-            shard = cycled[index * config.shard_size : (index + 1) * config.shard_size]
-            for first in range(0, len(shard), batch):
-                chunk = shard[first : first + batch]
-                part = write_part(directory, index, chunk)
-                stored.append((index, Stored(part, tuple(s.sample_id for s in chunk), ())))
-        return stored
-
-    direct = out / "direct"
-    direct.mkdir()
-    by_shard: dict[int, list[str]] = {}
-    for index, summary in write_parts(direct):
-        by_shard.setdefault(index, []).append(summary.part)
-    start = time.process_time()
-    for index, parts in by_shard.items():
-        order = [p.sample_id for p in plan.shard(index)]
-        write_shard_from_parts(direct, index, parts, order, attrs)
-    task = time.process_time() - start
-
-    rows = [{"shard": i, "payload": pickle.dumps(summary)} for i, summary in write_parts(out)]
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    dataset = dataset.map_batches(lambda batch: batch, batch_size=1)
-    collector = pipeline.ShardCollector(
-        out, plan, pipeline.ShardWriter(out, attrs), range(plan.num_shards)
-    )
-    gather = mark = 0.0
-    start = time.process_time()
-    for row in dataset.iter_rows():
-        summary = pickle.loads(row["payload"])
-        gathered = time.process_time()
-        collector.add(int(row["shard"]), summary)
-        mark += time.process_time() - gathered
-        gather += gathered - start
-        start = time.process_time()
-    collector.finish()
-    mark += time.process_time() - start
-    if collector.pending:
-        raise RuntimeError(f"shards left unwritten: {collector.pending}")
-    return {
-        key: 1e3 * value / pairs
-        for key, value in (("task", task), ("gather", gather), ("mark", mark))
+    batch = pipeline.RunSettings().batch_size
+    parts = {
+        index: [
+            write_part(out, index, shard[first : first + batch])
+            for first in range(0, len(shard), batch)
+        ]
+        for index in range(plan.num_shards)
+        if (shard := cycled[index * config.shard_size : (index + 1) * config.shard_size])
     }
+    attrs = shard_attrs(config)
+    start = time.process_time()
+    for index, names in parts.items():
+        write_shard_from_parts(out, index, names, [p.sample_id for p in plan.shard(index)], attrs)
+    return 1e3 * (time.process_time() - start) / pairs
+
+
+def driver_cost(clips: Path, scratch: Path) -> dict[str, dict[str, float]]:
+    """The driver's CPU time (this process, all its threads) a pair in whole ``extract`` runs
+    of the ``clips`` (:data:`DRIVER_CLIPS`), on the CPU path and on the GPU path (one fake GPU:
+    Ray is told of one, and the flow actor runs DIS), with the run's pairs/s: everything the
+    driver does (planning, Ray Data's executor on the GPU path, gathering the summaries, the
+    bookkeeping, starting the writer tasks, the done markers, the manifest)."""
+    config = ExtractConfig(
+        pairs=PairConfig(gap=3, stride=1, short_side=None), flow_options={"preset": "ultrafast"}
+    )
+    results = {}
+    for path, run in (
+        ("cpu", pipeline.RunSettings(progress=False)),
+        ("gpu", pipeline.RunSettings(num_gpus=1, progress=False)),
+    ):
+        cpu, wall = time.process_time(), time.perf_counter()
+        result = pipeline.extract(
+            [str(clips / "*.mp4")], tempfile.mkdtemp(dir=scratch), config, run
+        )
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        results[path] = {
+            "ms_per_pair": 1e3 * cpu / result.computed,
+            "pairs_per_s": result.computed / wall,
+            "pairs": result.computed,
+        }
+    return results
 
 
 def one_run(
@@ -333,15 +322,17 @@ def measure(bench: Bench) -> dict[str, Any]:
             for name, workers in variants.items():
                 result = one_run(workers, inputs, config, Path(tempfile.mkdtemp(dir=scratch)))
                 runs[name].append(result | {"repeat": repeat})
-        encoded = [r for r in extract_in_process(real, config) if isinstance(r, EncodedSample)]
-        pairs = DRIVER_PAIRS_QUICK if bench.quick else DRIVER_PAIRS
-        driver = [
-            driver_cost(encoded, pairs, config, Path(tempfile.mkdtemp(dir=scratch)))
-            for _ in range(1 if bench.quick else 3)
-        ]
+        clips = scratch / "driver-clips"
+        make_clips(clips, **DRIVER_CLIPS)
+        driver = [driver_cost(clips, scratch) for _ in range(1 if bench.quick else 2)]
     finally:
         ray.shutdown()
     budgets = [stage_budget(real, config) for _ in range(1 if bench.quick else 2)]
+    encoded = [r for r in extract_in_process(real, config) if isinstance(r, EncodedSample)]
+    task = [
+        writer_task_cost(encoded, DRIVER_PAIRS, config, Path(tempfile.mkdtemp(dir=scratch)))
+        for _ in range(1 if bench.quick else 3)
+    ]
     pairs = runs["loop"][0]["pairs"]
     rate = {name: [r["pairs"] / r["seconds"] for r in rs] for name, rs in runs.items()}
     figures = [
@@ -434,45 +425,52 @@ def measure(bench: Bench) -> dict[str, Any]:
             key="extract.stage.non_flow_ms",
         )
     )
-    per_pair = [d["gather"] + d["mark"] for d in driver]
-    steps = {
-        "task": "a shard's writer task (parts read, file, read-back): on the workers",
-        "gather": "the workers' summaries from Ray Data, unpickled",
-        "mark": "bookkeeping, starting the writer tasks, done markers",
-    }
-    figures += [
+    figures.append(
         measured(
             PART,
-            f"driver: {step}" if step != "task" else "shard writer task",
-            [d[step] for d in driver],
+            "shard writer task",
+            task,
             "ms/pair",
-            note=note,
-            key=f"extract.driver.{step}_ms",
+            note="parts read, the file, its read-back: on the workers, not the driver",
+            key="extract.writer_task_ms",
         )
-        for step, note in steps.items()
-    ]
-    figures += [
-        measured(
-            PART,
-            "driver ceiling",
-            [1e3 / ms for ms in per_pair],
-            "pairs/s",
-            goal=(">=", GOAL_DRIVER_PAIRS_PER_S),
-            note="1 / (gather + mark), CPU time of the driver; real clips' samples",
-            key="extract.driver.ceiling_pairs_per_s",
-        ),
-    ]
+    )
+    for path in ("cpu", "gpu"):
+        where = {"cpu": "CPU path (a task a work item)", "gpu": "GPU path (Ray Data, fake GPU)"}
+        runs_of = [d[path] for d in driver]
+        figures += [
+            measured(
+                PART,
+                f"driver, {path} path",
+                [d["ms_per_pair"] for d in runs_of],
+                "ms/pair",
+                note=f"{where[path]}: its CPU time in whole runs of {runs_of[0]['pairs']} "
+                f"pairs at {statistics.median(d['pairs_per_s'] for d in runs_of):.0f} pairs/s",
+                key=f"extract.driver.{path}_ms",
+            ),
+            measured(
+                PART,
+                f"driver ceiling, {path} path",
+                [1e3 / d["ms_per_pair"] for d in runs_of],
+                "pairs/s",
+                goal=(">=", GOAL_DRIVER_PAIRS_PER_S),
+                note="1 / the driver's CPU time a pair",
+                key=f"extract.driver.{path}_ceiling_pairs_per_s",
+            ),
+        ]
     conditions = {
         "pairs": pairs,
         "inputs": {"synthetic_clips": len(bench.clips), "videos": [str(p) for p in bench.videos]},
         "config": config.to_dict(),
         "repeats": repeats,
         "opencv_threads": 1,
-        "ray_init": {"num_cpus": max(WORKERS), "include_dashboard": False},
+        "ray_init": {"num_cpus": max(WORKERS), "num_gpus": 1, "include_dashboard": False},
         "batch_size": pipeline.RunSettings().batch_size,
     }
     details = {
-        "driver_ms_per_pair": driver,
+        "driver": driver,
+        "driver_clips": DRIVER_CLIPS,
+        "writer_task_ms_per_pair": task,
         "first_extract": first,
         "runs": runs,
         "digests_match": digests == {loop_digest},
