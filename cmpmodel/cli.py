@@ -297,7 +297,8 @@ def build_parser() -> Parser:
     srv.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on: this machine only by default; 0.0.0.0 opens it to others",
+        help="address to listen on; 127.0.0.1 is this machine only, 0.0.0.0 opens the page "
+        "to other machines",
     )
     srv.add_argument("--data", nargs="+", help="dataset directories whose samples can be picked")
     srv.add_argument(

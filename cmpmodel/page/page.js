@@ -61,7 +61,7 @@ function post(url, payload) {
 }
 
 function position(event) {
-  const box = $("overlay").getBoundingClientRect();
+  const box = $("picture").getBoundingClientRect();
   const x = ((event.clientX - box.left) * state.image.width) / box.width;
   const y = ((event.clientY - box.top) * state.image.height) / box.height;
   return [
@@ -141,30 +141,15 @@ function clearResult(caption) {
 
 async function update() {
   draw();
-  if (!state.image) return;
   const number = ++state.request;
-  const method = $("method").value;
-  let url, payload;
-  if (mode() === "flow") {
-    if (!state.guides.length) {
-      clearResult("drag on the picture to place a guide arrow");
-      return;
-    }
-    url = "/api/flow";
-    payload = { image: state.image.id, method, guides: state.guides };
-  } else {
-    if (!state.positive.length) {
-      clearResult("click on an object");
-      return;
-    }
-    url = "/api/mask";
-    payload = {
-      image: state.image.id, method, positive: state.positive, negative: state.negative,
-    };
+  const request = pending();
+  if (!request) {
+    finished();
+    return;
   }
   document.body.dataset.busy = "1";
   try {
-    const reply = await post(url, payload);
+    const reply = await post(...request);
     if (number !== state.request) return;
     show(reply);
     say("");
@@ -174,6 +159,28 @@ async function update() {
     say(error.message, true);
   }
   finished();
+}
+
+// The request the marks call for, as [url, payload]; null (the result cleared) when there
+// is nothing to propagate yet.
+function pending() {
+  if (!state.image) return null;
+  const method = $("method").value;
+  if (mode() === "flow") {
+    if (!state.guides.length) {
+      clearResult("drag on the picture to place a guide arrow");
+      return null;
+    }
+    return ["/api/flow", { image: state.image.id, method, guides: state.guides }];
+  }
+  if (!state.positive.length) {
+    clearResult("click on an object");
+    return null;
+  }
+  const payload = {
+    image: state.image.id, method, positive: state.positive, negative: state.negative,
+  };
+  return ["/api/mask", payload];
 }
 
 function show(reply) {
