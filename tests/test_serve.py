@@ -46,8 +46,10 @@ from cmpmodel.model import MODEL_FORMAT, build_model
 from cmpmodel.train import TrainConfig, plain, save_atomic
 
 SCREENSHOTS = Path(__file__).parent / "data" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"  # the system's: Selenium's own manager would download one
+# The system's browser and driver (Selenium's own manager would download a driver); the
+# variables let a test see what happens on a machine without them.
+CHROMIUM = os.environ.get("CMP_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CMP_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 WAIT_S = 60  # longest wait for the page to answer (the model runs on a shared CPU)
 SIZE = (192, 256)  # (H, W) of the synthetic frames: under the page's size, shown 1:1
 
@@ -503,3 +505,18 @@ def test_the_page_fetches_nothing_from_elsewhere(browser, server):
         u for u in urls if urlsplit(u).scheme != "data" and urlsplit(u).hostname != "127.0.0.1"
     ]
     assert outside == []
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_without_a_browser_the_tests_skip_saying_why_but_fail_on_ci(ci, tmp_path):
+    env = {**os.environ, "CMP_TEST_CHROMIUM": str(tmp_path / "no-chromium"), "CI": ci}
+    test = f"{__file__}::test_the_page_fetches_nothing_from_elsewhere"
+    command = [sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider", test]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    missing = f"{tmp_path / 'no-chromium'} is missing"
+    if ci:
+        assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout[-2000:]
+        assert f"CI=true and the browser tests cannot run: {missing}" in proc.stdout
+    else:
+        assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout[-2000:]
+        assert missing in proc.stdout

@@ -319,6 +319,7 @@ async function start() {
     if (!file) return;
     const form = new FormData();
     form.append("file", file);
+    $("file").value = ""; // choosing the same file again is a change too
     load(() => call("/api/image", { method: "POST", body: form }));
   });
   $("sample").addEventListener("change", () => {
