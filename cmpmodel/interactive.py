@@ -3,9 +3,9 @@
 - :func:`decode_image`: an uploaded file as an RGB image, resized so that its longer side is at
   most ``max_side`` px (the model then runs in a second or two on a CPU); refused with an
   :class:`ImageError` when it is not an image or too large to decode.
-- Methods, each ``(image, guidance) -> flow``: :class:`ModelMethod` (a checkpoint this project
+- Methods, each ``(image, guidances) -> flows``: :class:`ModelMethod` (a checkpoint this project
   loads, its own or a converted original) and the two baselines of ``cmpmodel eval``
-  (:func:`baseline_flow`: the nearest guide, inverse-distance weighting), so a user sees what
+  (:func:`baseline_flows`: the nearest guide, inverse-distance weighting), so a user sees what
   the model adds.
 - :func:`annotate`: semi-automatic annotation as in the paper's application. Every positive
   click is given a test motion of :data:`ANNOTATION_SPEED` px, once in each of the four
@@ -32,7 +32,7 @@ from cmpdata.errors import ConfigError, UsageError
 from cmpdata.guidance import rasterize
 from cmpdata.records import Guidance
 from cmpmodel.evaluate import idw_flow, nearest_flow
-from cmpmodel.propagate import guided_flow
+from cmpmodel.propagate import guided_flows
 from cmpmodel.train import load_model
 
 MAX_SIDE = 512  # px: longer side of the pictures the page works on (CPU-friendly)
@@ -44,7 +44,8 @@ ANNOTATION_THRESHOLD = 0.5  # share of the largest response that is the object (
 _TEST_DIRECTIONS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
 _ORIENTATION_TAG = 0x0112  # EXIF's orientation of the stored picture
 
-Method = Callable[[np.ndarray, Guidance], np.ndarray]
+# (image, guidances) -> one flow a guidance: the page's methods.
+Method = Callable[[np.ndarray, Sequence[Guidance]], list[np.ndarray]]
 
 
 class ImageError(UsageError):
@@ -101,20 +102,19 @@ def fit(image: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def baseline_flow(name: str, image: np.ndarray, guidance: Guidance) -> np.ndarray:
-    """The flow (float32 (H, W, 2), px) of baseline ``name`` (``"nearest"`` or ``"idw"``,
-    as in ``cmpmodel eval``) from ``guidance`` over ``image``'s size; the image's content plays
-    no part. Raises ``ValueError`` for another name."""
-    sparse = rasterize(guidance, image.shape[:2])
-    if name == "nearest":
-        return nearest_flow(sparse)[0]
-    if name == "idw":
-        return idw_flow(sparse)
-    raise ValueError(f"unknown baseline {name!r}; expected 'nearest' or 'idw'")
+def baseline_flows(name: str, image: np.ndarray, guidances: Sequence[Guidance]) -> list[np.ndarray]:
+    """The flows (float32 (H, W, 2), px) of baseline ``name`` (``"nearest"`` or ``"idw"``,
+    as in ``cmpmodel eval``) from each of ``guidances`` over ``image``'s size; the image's
+    content plays no part. Raises ``ValueError`` for another name."""
+    spread = {"nearest": lambda sparse: nearest_flow(sparse)[0], "idw": idw_flow}
+    if name not in spread:
+        raise ValueError(f"unknown baseline {name!r}; expected 'nearest' or 'idw'")
+    return [spread[name](rasterize(g, image.shape[:2])) for g in guidances]
 
 
 class ModelMethod:
-    """A CMP model as a method: ``method(image, guidance) -> flow`` (float32 (H, W, 2), px).
+    """A CMP model as a method: ``method(image, guidances) -> flows`` (float32 (H, W, 2), px,
+    one a guidance; the image encoded once).
 
     Loads checkpoint ``path`` (this project's, or an original converted with ``cmpmodel
     convert-original``) onto the GPU when there is one; raises
@@ -129,9 +129,9 @@ class ModelMethod:
         self.model = model.to(self.device)
         self._lock = threading.Lock()
 
-    def __call__(self, image: np.ndarray, guidance: Guidance) -> np.ndarray:
+    def __call__(self, image: np.ndarray, guidances: Sequence[Guidance]) -> list[np.ndarray]:
         with self._lock:
-            return guided_flow(self.model, self.checkpoint, image, guidance, self.device)
+            return guided_flows(self.model, self.checkpoint, image, guidances, self.device)
 
 
 def annotation_guidance(
@@ -181,6 +181,6 @@ def annotate(
     """
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
-    flows = [method(image, g) for g in annotation_guidance(positive, negative, speed)]
+    flows = method(image, annotation_guidance(positive, negative, speed))
     response = annotation_response(flows)
     return response > threshold, response

@@ -24,7 +24,7 @@ from cmpdata.records import Guidance
 from cmpdata.store.shards import StoredSample
 from cmpdata.viz import flow_figure, save_png
 from cmpmodel.data import eval_inputs
-from cmpmodel.evaluate import model_flow
+from cmpmodel.loss import dense_flow
 from cmpmodel.model import CMP
 from cmpmodel.train import load_model
 
@@ -58,7 +58,7 @@ def propagate(
     guidance = check_guides(guides, image.shape[:2], image_path)
     model, ckpt = load_model(checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    flow = guided_flow(model.to(device), ckpt, image, guidance, device)
+    [flow] = guided_flows(model.to(device), ckpt, image, [guidance], device)
     figure = flow_figure(image, flow, guidance, title=f"propagated from {len(guidance)} guides")
     save_png(out_png, figure)
     return flow
@@ -95,36 +95,43 @@ def check_guides(
     return Guidance(np.ascontiguousarray(values[:, :2]), np.ascontiguousarray(values[:, 2:]))
 
 
-def guided_flow(
+def guided_flows(
     model: CMP,
     ckpt: dict[str, Any],
     image: np.ndarray,
-    guidance: Guidance,
+    guidances: Sequence[Guidance],
     device: torch.device,
-) -> np.ndarray:
-    """The flow (float32 (H, W, 2), px) that ``model`` (on ``device``, from checkpoint
-    ``ckpt``) propagates from ``guidance`` over the uint8 (H, W, 3) RGB ``image``, normalised
-    with the checkpoint's mean and std and padded to the model's stride as evaluation does."""
+) -> list[np.ndarray]:
+    """The flows (float32 (H, W, 2), px) that ``model`` (on ``device``, from checkpoint
+    ``ckpt``) propagates from each of ``guidances`` over the uint8 (H, W, 3) RGB ``image``,
+    normalised with the checkpoint's mean and std and padded to the model's stride as
+    evaluation does; the image is encoded once for all of them."""
     h, w = image.shape[:2]
-    # An unlabelled sample whose stored guidance is the user's: eval_inputs then pads,
-    # normalises and rasterises exactly as evaluation does.
-    sample = StoredSample(
-        sample_id="image",
-        source_id="image",
-        t0=0,
-        t1=0,
-        split="val",
-        guide_seed=0,
-        image=image,
-        flow=np.zeros((h, w, 2), np.float32),
-        valid=None,
-        guidance=guidance,
-        crop=(0, 0, w, h),
-        scale=(1.0, 1.0),
-    )
     transform = ckpt.get("transform_config", {})
     mean_std = {k: transform[k] for k in ("mean", "std") if k in transform}
-    inputs = eval_inputs(
-        sample, None, 0, **mean_std, multiple=model.stride, min_side=model.min_side
-    )
-    return model_flow(model, inputs, ckpt["model_config"]["flow_range"], device)
+    shape = {"multiple": model.stride, "min_side": model.min_side}
+    inputs = []
+    for guidance in guidances:
+        # An unlabelled sample whose stored guidance is the user's: eval_inputs then pads,
+        # normalises and rasterises exactly as evaluation does.
+        sample = StoredSample(
+            sample_id="image",
+            source_id="image",
+            t0=0,
+            t1=0,
+            split="val",
+            guide_seed=0,
+            image=image,
+            flow=np.zeros((h, w, 2), np.float32),
+            valid=None,
+            guidance=guidance,
+            crop=(0, 0, w, h),
+            scale=(1.0, 1.0),
+        )
+        inputs.append(eval_inputs(sample, None, 0, **mean_std, **shape))
+    padded = inputs[0]["image"][None].to(device)
+    sparse = torch.stack([item["sparse"] for item in inputs]).to(device)
+    with torch.no_grad():
+        logits = model.forward_one_image(padded, sparse)
+    flows = dense_flow(logits, padded.shape[-2:], ckpt["model_config"]["flow_range"])
+    return list(flows[:, :, :h, :w].permute(0, 2, 3, 1).cpu().numpy().astype(np.float32))

@@ -53,7 +53,7 @@ from cmpmodel.interactive import (
     Method,
     ModelMethod,
     annotate,
-    baseline_flow,
+    baseline_flows,
     decode_image,
     fit,
 )
@@ -124,7 +124,7 @@ class Workspace:
         """The method called ``key``; :class:`UsageError` for an unknown one, and
         :class:`~cmpmodel.train.CheckpointError` for a checkpoint that does not load."""
         if key in BASELINES:
-            return lambda image, guidance: baseline_flow(key, image, guidance)
+            return lambda image, guidances: baseline_flows(key, image, guidances)
         if key not in self.methods:
             raise UsageError(f"unknown method {key!r}; choose one of {sorted(self.methods)}")
         path = self.methods[key]
@@ -170,7 +170,7 @@ def flow_reply(workspace: Workspace, request: dict[str, Any]) -> dict[str, Any]:
     """The reply to ``POST /api/flow`` (module docstring)."""
     picture = workspace.picture(str(request.get("image")))
     guidance = check_guides(request.get("guides") or [], picture.image.shape[:2], picture.name)
-    flow = workspace.method(str(request.get("method")))(picture.image, guidance)
+    [flow] = workspace.method(str(request.get("method")))(picture.image, [guidance])
     magnitude = np.hypot(flow[..., 0], flow[..., 1])
     # Zero flow everywhere is drawn white against a 1 px scale, as the pictures elsewhere.
     largest = float(magnitude.max()) or 1.0

@@ -39,7 +39,7 @@ from cmpmodel.interactive import (
     ModelMethod,
     annotate,
     annotation_guidance,
-    baseline_flow,
+    baseline_flows,
     decode_image,
 )
 from cmpmodel.model import MODEL_FORMAT, build_model
@@ -58,9 +58,10 @@ def png_bytes(image: np.ndarray) -> bytes:
     return cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))[1].tobytes()
 
 
-def save_tiny_checkpoint(path: Path) -> Path:
-    """A checkpoint of the ``tiny`` model with random weights (seeded)."""
-    config = TrainConfig(arch="tiny", tiny_width=8, decoder_width=16)
+def save_tiny_checkpoint(path: Path, skip: bool = False) -> Path:
+    """A checkpoint of the ``tiny`` model with random weights (seeded); ``skip``: with the
+    annotation model's skip decoder."""
+    config = TrainConfig(arch="tiny", tiny_width=8, decoder_width=16, skip=skip)
     torch.manual_seed(0)
     model = build_model(config.model_config())
     checkpoint = {
@@ -149,7 +150,7 @@ def test_annotation_with_the_nearest_guide_is_the_positive_clicks_cells():
     image = np.zeros((40, 60, 3), np.uint8)
     positive, negative = [(10, 10), (50, 30)], [(31, 20)]  # |p|² - |n|² odd: no ties
     mask, response = annotate(
-        lambda im, g: baseline_flow("nearest", im, g), image, positive, negative
+        lambda im, gs: baseline_flows("nearest", im, gs), image, positive, negative
     )
     ys, xs = np.mgrid[0:40, 0:60]
     distance = [np.hypot(xs - x, ys - y) for x, y in positive + negative]
@@ -166,10 +167,29 @@ def test_annotation_with_a_model_masks_the_frame(models):
     assert mask.any()  # the largest response is 1 > the threshold
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_picture_encoded_once_for_several_guidances_gives_each_its_flow(skip, tmp_path):
+    method = ModelMethod(save_tiny_checkpoint(tmp_path / "model.pt", skip=skip))
+    torch.manual_seed(1)
+    image, sparse = torch.randn(1, 3, 64, 96), torch.randn(3, 4, 64, 96)
+    with torch.no_grad():
+        repeated = method.model(image.expand(3, -1, -1, -1), sparse)
+        torch.testing.assert_close(method.model.forward_one_image(image, sparse), repeated)
+    with pytest.raises(ValueError, match="one"):
+        method.model.forward_one_image(image.expand(2, -1, -1, -1), sparse)
+    frame, _ = object_frame()
+    guidances = annotation_guidance([(100, 90)], [(5, 5)])
+    together = method(frame, guidances)
+    assert len(together) == 4
+    for guidance, flow in zip(guidances, together, strict=True):
+        [alone] = method(frame, [guidance])
+        np.testing.assert_allclose(flow, alone, atol=1e-4)
+
+
 def test_baselines_need_a_known_name():
     guidance = Guidance(np.zeros((1, 2), np.float32), np.ones((1, 2), np.float32))
     with pytest.raises(ValueError, match="unknown baseline"):
-        baseline_flow("median", np.zeros((4, 4, 3), np.uint8), guidance)
+        baseline_flows("median", np.zeros((4, 4, 3), np.uint8), [guidance])
 
 
 # The command.
