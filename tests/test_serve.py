@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from scipy.ndimage import distance_transform_edt
 from test_dataset import make_dataset
+from test_original import random_original
 
 from cmpdata.errors import ConfigError
 from cmpdata.records import Guidance
@@ -43,6 +44,7 @@ from cmpmodel.interactive import (
     decode_image,
 )
 from cmpmodel.model import MODEL_FORMAT, build_model
+from cmpmodel.serve import Picture, Workspace, flow_reply, mask_reply
 from cmpmodel.train import TrainConfig, plain, save_atomic
 
 SCREENSHOTS = Path(__file__).parent / "data" / "screenshots"
@@ -184,6 +186,28 @@ def test_a_picture_encoded_once_for_several_guidances_gives_each_its_flow(skip, 
     for guidance, flow in zip(guidances, together, strict=True):
         [alone] = method(frame, [guidance])
         np.testing.assert_allclose(flow, alone, atol=1e-4)
+
+
+def test_a_converted_original_answers_the_page(tmp_path):
+    original = tmp_path / "ckpt_iter_42000.pth.tar"
+    state = random_original("resnet50_skip")  # the annotation model's layout
+    torch.save({"step": 42000, "state_dict": state, "optimizer": {}}, original)
+    assert main(["convert-original", str(original), "--out", str(tmp_path / "semiauto.pt")]) == 0
+    workspace = Workspace(tmp_path / "semiauto.pt")
+    assert [m["id"] for m in workspace.method_list()] == ["model:semiauto.pt", "nearest", "idw"]
+    frame, _ = object_frame()
+    key = workspace.add(Picture(frame, SIZE, "object.png"))
+    request = {"image": key, "method": "model:semiauto.pt", "guides": [[100, 90, 12, -4]]}
+    flow = flow_reply(workspace, request)
+    assert decode_data_url(flow["flow"]).shape == (*SIZE, 3) and flow["max_magnitude"] > 0
+    request = {"image": key, "method": "model:semiauto.pt", "positive": [[100, 90]]}
+    mask = mask_reply(workspace, {**request, "negative": [[5, 5]]})
+    stored, response = decode_data_url(mask["mask"]), decode_data_url(mask["response"])
+    # Random weights move every pixel about alike: the mask may be anything, but it is the
+    # response above half its largest value.
+    assert stored.shape == response.shape == SIZE and response.max() == 255
+    assert np.array_equal(stored > 127, response > 127)
+    assert mask["coverage"] == pytest.approx((stored > 127).mean())
 
 
 def test_baselines_need_a_known_name():
