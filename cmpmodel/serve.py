@@ -126,7 +126,8 @@ class Workspace:
         if key in BASELINES:
             return lambda image, guidances: baseline_flows(key, image, guidances)
         if key not in self.methods:
-            raise UsageError(f"unknown method {key!r}; choose one of {sorted(self.methods)}")
+            choices = sorted([*self.methods, *BASELINES])
+            raise UsageError(f"unknown method {key!r}; choose one of {choices}")
         path = self.methods[key]
         with self._lock:
             if path not in self._models:
@@ -161,7 +162,8 @@ class Workspace:
             raise UsageError("no dataset: start the server with --data DIR to pick samples")
         if not 0 <= index < len(self.dataset):
             raise UsageError(f"sample {index}: the dataset holds {len(self.dataset)} samples")
-        stored = self.dataset[index]
+        with self._lock:  # one shard reader serves every request thread
+            stored = self.dataset[index]
         image = fit(stored.image, self.max_side)
         return self.add(Picture(image, stored.image.shape[:2], stored.sample_id))
 

@@ -28,7 +28,7 @@ from scipy.ndimage import distance_transform_edt
 from test_dataset import make_dataset
 from test_original import random_original
 
-from cmpdata.errors import ConfigError
+from cmpdata.errors import ConfigError, UsageError
 from cmpdata.records import Guidance
 from cmpdata.synth.clips import SynthConfig, SyntheticClip
 from cmpdata.viz import flow_to_color
@@ -44,8 +44,16 @@ from cmpmodel.interactive import (
     decode_image,
 )
 from cmpmodel.model import MODEL_FORMAT, build_model
-from cmpmodel.serve import Picture, Workspace, flow_reply, mask_reply
-from cmpmodel.train import TrainConfig, plain, save_atomic
+from cmpmodel.serve import (
+    KEPT_IMAGES,
+    Picture,
+    Workspace,
+    flow_reply,
+    json_object,
+    mask_reply,
+    sample_index,
+)
+from cmpmodel.train import CheckpointError, TrainConfig, plain, save_atomic
 
 SCREENSHOTS = Path(__file__).parent / "data" / "screenshots"
 # The system's browser and driver (Selenium's own manager would download a driver); the
@@ -208,6 +216,35 @@ def test_a_converted_original_answers_the_page(tmp_path):
     assert stored.shape == response.shape == SIZE and response.max() == 255
     assert np.array_equal(stored > 127, response > 127)
     assert mask["coverage"] == pytest.approx((stored > 127).mean())
+
+
+def test_the_server_refuses_what_it_cannot_serve_in_one_line(models, tmp_path):
+    make_dataset(tmp_path / "data")
+    workspace = Workspace(models / "tiny.pt", data=[str(tmp_path / "data")])
+    methods = [m["id"] for m in workspace.method_list()]
+    assert methods == ["model:tiny.pt", "model:broken.pt", "nearest", "idw"]
+    with pytest.raises(UsageError, match="unknown method 'median'; choose one of"):
+        workspace.method("median")
+    with pytest.raises(CheckpointError, match=r"broken\.pt: not a readable checkpoint"):
+        workspace.method("model:broken.pt")
+    with pytest.raises(UsageError, match="sample 5: the dataset holds 5 samples"):
+        workspace.sample(5)
+    assert workspace.picture(workspace.sample(4)).image.shape == (48, 64, 3)
+    black = Picture(np.zeros((8, 8, 3), np.uint8), (8, 8), "x")
+    keys = [workspace.add(black) for _ in range(KEPT_IMAGES + 1)]
+    with pytest.raises(UsageError, match="no longer held"):
+        workspace.picture(keys[0])
+    request = {"image": keys[-1], "method": "idw", "guides": [[8, 2, 1, 1]]}
+    with pytest.raises(ConfigError, match="guide 8,2: the point lies outside the 8 x 8 image x"):
+        flow_reply(workspace, request)
+    with pytest.raises(ConfigError, match="positive points must be"):
+        mask_reply(workspace, {"image": keys[-1], "method": "idw", "positive": [[1]]})
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        json_object(b"{")
+    with pytest.raises(ConfigError, match="whole number"):
+        sample_index(b'{"index": true}')
+    with pytest.raises(UsageError, match="--data"):
+        Workspace(models / "tiny.pt").sample(0)
 
 
 def test_baselines_need_a_known_name():
