@@ -256,7 +256,7 @@ def test_baselines_need_a_known_name():
 # The command.
 
 
-def test_serve_refuses_a_bad_checkpoint_a_port_in_use_and_shows_defaults(models, capsys):
+def test_serve_stops_at_start_in_one_line_and_shows_its_defaults(models, capsys, monkeypatch):
     assert main(["serve", "--checkpoint", str(models / "broken.pt")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "broken.pt: not a readable checkpoint" in lines[0]
@@ -270,6 +270,12 @@ def test_serve_refuses_a_bad_checkpoint_a_port_in_use_and_shows_defaults(models,
     assert lines == [
         f"cmpmodel: error: port {port} on 127.0.0.1 is in use: choose another with --port"
     ]
+    # Without the 'serve' extra (a module of it missing), nothing starts either.
+    with monkeypatch.context() as patch:
+        patch.setattr("cmpmodel.serve.SERVE_MODULES", ("starlette", "no_such_module_here"))
+        assert main(["serve", "--checkpoint", str(models / "tiny.pt")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "needs the 'serve' extra (no_such_module_here missing)" in lines[0]
     with pytest.raises(SystemExit):
         main(["serve", "--checkpoint", "x.pt", "--port", "70000"])
     assert "0..65535" in capsys.readouterr().err
