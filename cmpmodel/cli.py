@@ -1,4 +1,5 @@
-"""The ``cmpmodel`` command: train, eval, probe, propagate, export-encoder, convert-original.
+"""The ``cmpmodel`` command: train, eval, probe, propagate, serve, export-encoder,
+convert-original.
 
 Each command parses its arguments and calls one library function. A user's mistake (a bad
 option, a missing or unusable path or checkpoint) prints one line and exits with status 2,
@@ -22,6 +23,7 @@ from cmpdata.options import Parser, load_options_file, run_command
 from cmpdata.paths import check_output_file
 from cmpmodel import __version__
 from cmpmodel.evaluate import evaluate, format_table, plot_curve
+from cmpmodel.interactive import MAX_SIDE
 from cmpmodel.probe import LR, STEPS, format_probe, probe
 from cmpmodel.propagate import propagate
 from cmpmodel.train import TrainConfig, export_encoder, train
@@ -116,9 +118,27 @@ def parse_guide(text: str) -> tuple[float, float, float, float]:
     return x, y, dx, dy
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number 0..65535, got {text!r}")
+    return port
+
+
 def cmd_propagate(args: argparse.Namespace) -> int:
     propagate(args.checkpoint, args.image, args.guide, args.out)
     print(args.out)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cmpmodel.serve import serve
+
+    serve(args.checkpoint, args.host, args.port, args.data, args.max_side)
     return 0
 
 
@@ -262,6 +282,32 @@ def build_parser() -> Parser:
     )
     prop.add_argument("--out", required=True, help="PNG to write")
     prop.set_defaults(func=cmd_propagate)
+
+    srv = parser.command(
+        "serve",
+        help="a local web page: draw guides and see the propagated motion; click an object "
+        "and get its mask",
+    )
+    srv.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint.pt to start with (the other .pt files of its folder can be chosen)",
+    )
+    srv.add_argument("--port", type=port_number, default=8000, help="port to listen on; 0: any")
+    srv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 127.0.0.1 is this machine only, 0.0.0.0 opens the page "
+        "to other machines",
+    )
+    srv.add_argument("--data", nargs="+", help="dataset directories whose samples can be picked")
+    srv.add_argument(
+        "--max-side",
+        type=int,
+        default=MAX_SIDE,
+        help="pictures are resized to at most this many px a side (the model runs on them)",
+    )
+    srv.set_defaults(func=cmd_serve)
 
     export = parser.command("export-encoder", help="save the trained image encoder")
     export.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")

@@ -455,6 +455,22 @@ class CMP(nn.Module):
     def forward(self, image: Tensor, sparse: Tensor) -> Tensor:
         check_inputs(image, sparse, self.stride, self.min_side)
         skip, features = self.image_encoder.features(image)
+        return self._decode(skip, features, sparse)
+
+    def forward_one_image(self, image: Tensor, sparse: Tensor) -> Tensor:
+        """The logits of one image ``(1, 3, H, W)`` under each of ``B`` guidance maps
+        ``(B, 4, H, W)``: ``forward`` of the image repeated B times, with the image encoded once
+        (the annotation's four test motions of a picture cost one encoding). Raises
+        ``ValueError`` naming the shapes as ``forward`` does, or when ``image`` is not one."""
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise ValueError(f"image must be one (1, 3, H, W) picture; got {tuple(image.shape)}")
+        batch = len(sparse)
+        check_inputs(image.expand(batch, -1, -1, -1), sparse, self.stride, self.min_side)
+        (half, quarter), features = self.image_encoder.features(image)
+        skip = (half.expand(batch, -1, -1, -1), quarter.expand(batch, -1, -1, -1))
+        return self._decode(skip, features.expand(batch, -1, -1, -1), sparse)
+
+    def _decode(self, skip: tuple[Tensor, Tensor], features: Tensor, sparse: Tensor) -> Tensor:
         x = torch.cat([features, self.flow_encoder(sparse)], dim=1)
         return self.flow_decoder(x, skip if self.flow_decoder.skip_channels is not None else None)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,7 +24,8 @@ from cmpdata.records import Guidance
 from cmpdata.store.shards import StoredSample
 from cmpdata.viz import flow_figure, save_png
 from cmpmodel.data import eval_inputs
-from cmpmodel.evaluate import model_flow
+from cmpmodel.loss import dense_flow
+from cmpmodel.model import CMP
 from cmpmodel.train import load_model
 
 
@@ -53,14 +55,36 @@ def propagate(
     """
     check_output_file(out_png, (".png",))
     image = read_rgb(image_path)
-    h, w = image.shape[:2]
+    guidance = check_guides(guides, image.shape[:2], image_path)
+    model, ckpt = load_model(checkpoint)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    [flow] = guided_flows(model.to(device), ckpt, image, [guidance], device)
+    figure = flow_figure(image, flow, guidance, title=f"propagated from {len(guidance)} guides")
+    save_png(out_png, figure)
+    return flow
+
+
+def check_guides(
+    guides: Sequence[Sequence[float]], size: tuple[int, int], where: object
+) -> Guidance:
+    """The :class:`Guidance` of ``guides`` (``(x, y, dx, dy)`` each, px) on an image of
+    ``size`` = (H, W) named ``where`` in messages.
+
+    Raises :class:`~cmpdata.errors.ConfigError` (a ``ValueError``) for no guide, a guide that
+    is not four numbers, one outside the image, of non-finite values, or of a motion longer
+    than the image.
+    """
+    h, w = size
     if not guides or any(len(g) != 4 for g in guides):
         raise ConfigError(f"guides must be a non-empty list of (x, y, dx, dy), got {guides!r}")
-    values = np.asarray(guides, dtype=np.float64)
+    try:
+        values = np.asarray(guides, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"guides must be numbers (x, y, dx, dy), got {guides!r}") from None
     for x, y, dx, dy in values:
         if not (np.isfinite([x, y, dx, dy]).all() and 0 <= round(x) < w and 0 <= round(y) < h):
             raise ConfigError(
-                f"guide {x:g},{y:g}: the point lies outside the {w} x {h} image {image_path}"
+                f"guide {x:g},{y:g}: the point lies outside the {w} x {h} image {where}"
             )
         # A motion longer than the image is no motion of anything in it.
         if not max(abs(dx), abs(dy)) <= max(w, h):
@@ -68,31 +92,46 @@ def propagate(
                 f"guide {x:g},{y:g}: motion {dx:g},{dy:g} px is longer than the {w} x {h} image"
             )
     values = values.astype(np.float32)
-    model, ckpt = load_model(checkpoint)
-    guidance = Guidance(np.ascontiguousarray(values[:, :2]), np.ascontiguousarray(values[:, 2:]))
-    # An unlabelled sample whose stored guidance is the user's: eval_inputs then pads,
-    # normalises and rasterises exactly as evaluation does.
-    sample = StoredSample(
-        sample_id=str(image_path),
-        source_id=str(image_path),
-        t0=0,
-        t1=0,
-        split="val",
-        guide_seed=0,
-        image=image,
-        flow=np.zeros((h, w, 2), np.float32),
-        valid=None,
-        guidance=guidance,
-        crop=(0, 0, w, h),
-        scale=(1.0, 1.0),
-    )
+    return Guidance(np.ascontiguousarray(values[:, :2]), np.ascontiguousarray(values[:, 2:]))
+
+
+def guided_flows(
+    model: CMP,
+    ckpt: dict[str, Any],
+    image: np.ndarray,
+    guidances: Sequence[Guidance],
+    device: torch.device,
+) -> list[np.ndarray]:
+    """The flows (float32 (H, W, 2), px) that ``model`` (on ``device``, from checkpoint
+    ``ckpt``) propagates from each of ``guidances`` over the uint8 (H, W, 3) RGB ``image``,
+    normalised with the checkpoint's mean and std and padded to the model's stride as
+    evaluation does; the image is encoded once for all of them."""
+    h, w = image.shape[:2]
     transform = ckpt.get("transform_config", {})
     mean_std = {k: transform[k] for k in ("mean", "std") if k in transform}
-    inputs = eval_inputs(
-        sample, None, 0, **mean_std, multiple=model.stride, min_side=model.min_side
-    )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    flow = model_flow(model.to(device), inputs, ckpt["model_config"]["flow_range"], device)
-    figure = flow_figure(image, flow, guidance, title=f"propagated from {len(guidance)} guides")
-    save_png(out_png, figure)
-    return flow
+    shape = {"multiple": model.stride, "min_side": model.min_side}
+    inputs = []
+    for guidance in guidances:
+        # An unlabelled sample whose stored guidance is the user's: eval_inputs then pads,
+        # normalises and rasterises exactly as evaluation does.
+        sample = StoredSample(
+            sample_id="image",
+            source_id="image",
+            t0=0,
+            t1=0,
+            split="val",
+            guide_seed=0,
+            image=image,
+            flow=np.zeros((h, w, 2), np.float32),
+            valid=None,
+            guidance=guidance,
+            crop=(0, 0, w, h),
+            scale=(1.0, 1.0),
+        )
+        inputs.append(eval_inputs(sample, None, 0, **mean_std, **shape))
+    padded = inputs[0]["image"][None].to(device)
+    sparse = torch.stack([item["sparse"] for item in inputs]).to(device)
+    with torch.no_grad():
+        logits = model.forward_one_image(padded, sparse)
+    flows = dense_flow(logits, padded.shape[-2:], ckpt["model_config"]["flow_range"])
+    return list(flows[:, :, :h, :w].permute(0, 2, 3, 1).cpu().numpy().astype(np.float32))

@@ -40,6 +40,7 @@ import math
 import os
 import pickle
 import re
+import struct
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -241,7 +242,17 @@ def read_torch_file(path: str | Path) -> Any:
         raise CheckpointError(path, "no such checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    # Bytes that are no pickle at all stop torch's unpickler in any of these ways.
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        IndexError,
+        KeyError,
+        struct.error,
+    ) as exc:
         # torch's message on a file holding other objects goes on to explain how to load it
         # unsafely: that is not advice to pass on.
         if found := _UNSUPPORTED.search(str(exc)):
