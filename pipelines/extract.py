@@ -306,8 +306,8 @@ def _cpu_tasks(
     # that decoded them (no trip through the object store) and no flow actor has to start.
     # Plain tasks rather than Ray Data: its executor notices a finished task up to 0.1 s late
     # (it polls), a gap between two items of each worker; here the driver waits on the tasks
-    # themselves, and twice as many items as workers are queued, so that a freed core starts
-    # the next at once.
+    # themselves and starts the next item as soon as one ends, `workers` at a time (Ray may
+    # have more CPUs than the workers asked for).
     import ray
 
     task = ray.remote(num_cpus=1)(cpu_stage)
@@ -315,7 +315,7 @@ def _cpu_tasks(
     running: list[Any] = []
     try:
         while queue or running:
-            while queue and len(running) < 2 * workers:
+            while queue and len(running) < workers:
                 item = queue.popleft()
                 running.append(task.remote(item, config, options, run.batch_size, str(out)))
             (done,), running = ray.wait(running, num_returns=1)
