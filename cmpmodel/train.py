@@ -258,7 +258,11 @@ def read_torch_file(path: str | Path) -> Any:
         if found := _UNSUPPORTED.search(str(exc)):
             reason = f"it holds objects other than tensors and plain values ({found.group(1)})"
             raise CheckpointError(path, f"not loaded: {reason}; not a checkpoint") from None
-        reason = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, IndexError | KeyError | struct.error):
+            # Their own text is a bare index or key of the unpickler, which tells a user nothing.
+            reason = "not a PyTorch file"
+        else:
+            reason = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(path, f"not a readable checkpoint ({reason[:200]})") from None
 
 
