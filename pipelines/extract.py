@@ -437,6 +437,8 @@ class ShardCollector:
     def add(self, shard: int, stored: Stored) -> None:
         """Take one summary of ``shard``'s pairs; start the shard's writer when it is whole,
         and write the done markers of the shards written meanwhile."""
+        if shard not in self.seen:
+            raise RuntimeError(f"shard {shard}: samples after the shard was whole")
         seen, expected = self.seen[shard], self.expected[shard]
         for sample_id in (*stored.sample_ids, *(d.sample_id for d in stored.dropped)):
             if sample_id not in expected or sample_id in seen:
@@ -448,6 +450,7 @@ class ShardCollector:
             dropped = {d.sample_id for d in self.dropped[shard]}
             order = sorted(set(expected) - dropped, key=expected.__getitem__)
             self.writer.submit(shard, self.parts.pop(shard), order)
+            del self.seen[shard]  # a long run's driver keeps no ids of the shards handed on
         self.mark(self.writer.finished())
 
     def mark(self, written: Sequence[tuple[int, ShardInfo, list[list[str]]]]) -> None:

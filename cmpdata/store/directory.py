@@ -234,7 +234,7 @@ def write_shard_from_parts(
             samples.update((s.sample_id, s) for s in pickle.loads((out / name).read_bytes()))
         except FileNotFoundError:
             raise ShardError(path, f"its part {name} is missing") from None
-    if sorted(samples) != sorted(order):
+    if samples.keys() != set(order):
         raise ShardError(path, f"its parts hold {len(samples)} samples, {len(order)} expected")
     ordered = [samples[sample_id] for sample_id in order]
     with write_errors(path):
