@@ -58,7 +58,6 @@ from typing import Any
 
 import cv2
 import ray
-import ray.data
 
 import pipelines.extract as pipeline
 from benchmarks.common import (

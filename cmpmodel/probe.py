@@ -106,9 +106,7 @@ def load_frames(
                 raise UsageError(f"{root}: {_NO_OBJECTS}")
             padded_h, padded_w = padded_size(h, w, stride)
             image, _, _ = cut_window(sample, 0, 0, padded_h, padded_w, mean, std)
-            frames.append(
-                ProbeFrame(torch.from_numpy(image.transpose(2, 0, 1).copy()), truth.objects > 0)
-            )
+            frames.append(ProbeFrame(torch.from_numpy(image), truth.objects > 0))
     if not frames:
         raise UsageError(f"{', '.join(map(str, data_dirs))}: no {split} samples to probe")
     return frames

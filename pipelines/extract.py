@@ -1,4 +1,4 @@
-"""``cmpdata extract``, the driver: videos in, a directory of HDF5 shards out, through Ray Data.
+"""``cmpdata extract``, the driver: videos in, a directory of HDF5 shards out, through Ray.
 
 The run, in order:
 
@@ -10,12 +10,16 @@ The run, in order:
 3. compare with what the directory already holds (:mod:`cmpdata.store.directory`): same
    plan -> resume (finished shards are kept), different -> refuse naming the differences,
    unless ``overwrite``;
-4. run the unfinished shards' work on Ray (:mod:`pipelines.stages`). With GPUs, streamed
-   by Ray Data: decode (CPU tasks) -> flow (an actor pool, batched, one actor per GPU) ->
-   filters, guidance, encoding (CPU tasks). On CPU the same three steps run in one plain Ray
-   task per work item, so that frames stay in the worker that decoded them (measured in
+4. run the unfinished shards' work on Ray (:mod:`pipelines.stages`): one plain Ray task per
+   work item, at most one a worker at a time, takes its pairs through decoding, flow,
+   filters, guidance and encoding, a batch at a time. On CPU the task computes the flows
+   itself, so that frames stay in the worker that decoded them (measured in
    ``benchmarks/extract.py``: passing each pair's frames through the object store and
-   starting flow actors made 2 workers slower than a plain loop on 2 cores);
+   starting flow actors made 2 workers slower than a plain loop on 2 cores). With GPUs it
+   sends each batch to a flow actor (one a GPU, batched) and finishes the previous batch
+   meanwhile. The driver handles one task a work item, not a record a pair: its cost a pair
+   is what bounds the cluster (measured in ``benchmarks/extract.py``; through Ray Data, whose
+   executor runs in the driver, the GPU path cost it about nine times as much);
 5. gather: the workers leave their encoded samples in part files of the output directory
    and send the driver a summary (:class:`~pipelines.stages.Stored`); when a shard's last
    planned sample has arrived, a Ray task writes the shard from its parts (atomic file, read
@@ -29,10 +33,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
-import logging
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -73,7 +76,7 @@ from cmpdata.store.manifest import (
     write_json_atomic,
 )
 from cmpdata.store.shards import SCHEMA_VERSION, ShardInfo, shard_name
-from pipelines.stages import FlowStage, Stored, WorkItem, cpu_stage, decode_stage, finish_stage
+from pipelines.stages import FlowActor, Stored, WorkItem, item_stage
 
 # A work item is a run of pairs of one source within one shard. Each item decodes its video
 # from the start, so long videos should not be cut into many items; but a small dataset needs
@@ -288,85 +291,37 @@ def run_pipeline(
     ensure_ray(run.address, run.workers)
     workers = run.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     items = work_items(plan, shards, workers)
+    actors: list[Any] = []
     if run.num_gpus:
-        yield from _gpu_pipeline(items, plan.config, run, options, out)
-    else:
-        yield from _cpu_tasks(items, workers, plan.config, run, options, out)
-
-
-def _cpu_tasks(
-    items: Sequence[WorkItem],
-    workers: int,
-    config: ExtractConfig,
-    run: RunSettings,
-    options: dict[str, Any],
-    out: Path,
-) -> Iterator[tuple[int, Stored]]:
-    # On CPU one task takes a work item through every stage: its frames stay in the worker
-    # that decoded them (no trip through the object store) and no flow actor has to start.
-    # Plain tasks rather than Ray Data: its executor notices a finished task up to 0.1 s late
-    # (it polls), a gap between two items of each worker; here the driver waits on the tasks
-    # themselves and starts the next item as soon as one ends, `workers` at a time (Ray may
-    # have more CPUs than the workers asked for).
-    import ray
-
-    task = ray.remote(num_cpus=1)(cpu_stage)
+        # An actor's own CPU work (batching frames, copies to and from its GPU) is light
+        # beside its GPU's: it takes no CPU from the tasks' count, which would leave a core
+        # of a small machine idle (2 cores, a fake GPU running DIS: 179-209 pairs/s against
+        # 85-128 with a CPU set aside for it).
+        actor = ray.remote(num_gpus=1, num_cpus=0)(FlowActor)
+        actors = [actor.remote(plan.config, options) for _ in range(run.num_gpus)]
+    # One plain task a work item through every stage. Plain tasks rather than Ray Data: its
+    # executor notices a finished task up to 0.1 s late (it polls), a gap between two items
+    # of each worker, and its bookkeeping of every task and block runs in the driver; here
+    # the driver waits on the tasks themselves and starts the next item as soon as one ends,
+    # `workers` at a time (Ray may have more CPUs than the workers asked for). Each task keeps
+    # to one flow actor, the actors taken in turn.
+    task = ray.remote(num_cpus=1)(item_stage)
     queue = collections.deque(items)
     running: list[Any] = []
+    turn = itertools.count()
     try:
         while queue or running:
             while queue and len(running) < workers:
-                item = queue.popleft()
-                running.append(task.remote(item, config, options, run.batch_size, str(out)))
+                flows = actors[next(turn) % len(actors)] if actors else None
+                args = (queue.popleft(), plan.config, options, run.batch_size, str(out), flows)
+                running.append(task.remote(*args))
             (done,), running = ray.wait(running, num_returns=1)
             yield from task_result(done)
     finally:
         for ref in running:
             ray.cancel(ref)
-
-
-def _gpu_pipeline(
-    items: Sequence[WorkItem],
-    config: ExtractConfig,
-    run: RunSettings,
-    options: dict[str, Any],
-    out: Path,
-) -> Iterator[tuple[int, Stored]]:
-    # decode (CPU tasks) -> flow (an actor pool, one actor per GPU, batched) -> filters,
-    # guidance, encoding (CPU tasks), streamed by Ray Data.
-    import ray.data
-
-    # Ray Data reports each execution at INFO on stderr; our progress bar and summary say it.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours is on the driver
-    ctx.enable_operator_progress_bars = False
-    rows = [{"shard": it.shard, "payload": pickle.dumps(it)} for it in items]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-    # Each flow actor holds one GPU and one CPU; decoding and encoding are CPU tasks.
-    task_cpus = 0.5
-    ds = ds.map_batches(
-        decode_stage,
-        fn_kwargs={"config": config, "batch_size": run.batch_size},
-        batch_size=1,
-        num_cpus=task_cpus,
-    )
-    ds = ds.map_batches(
-        FlowStage,
-        fn_constructor_kwargs={"config": config, "options": options},
-        batch_size=run.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.num_gpus),
-        num_gpus=1,
-        num_cpus=1,
-    )
-    ds = ds.map_batches(
-        finish_stage,
-        fn_kwargs={"config": config, "out": str(out)},
-        batch_size=run.batch_size,
-        num_cpus=task_cpus,
-    )
-    for row in ds.iter_rows():
-        yield int(row["shard"]), pickle.loads(row["payload"])
+        for flows in actors:
+            ray.kill(flows)
 
 
 def task_result(ref: Any) -> Any:

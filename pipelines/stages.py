@@ -1,13 +1,13 @@
 """What runs inside the Ray workers of ``cmpdata extract``: work items and the stages they go
-through (decode -> flow -> filters, guidance, encoding), as Ray Data functions and classes.
+through (decode -> flow -> filters, guidance, encoding).
 
-Rows travel between stages as ``{"shard": int, "payload": bytes}``: the payload is a pickled
-record (:class:`WorkItem`, ``FramePair``, ``FlowSample`` or ``Dropped``), so ragged frames of
-different sizes and dropped pairs share one schema. The last stage leaves its encoded samples
-in part files of the output directory (:func:`cmpdata.store.directory.write_part`) and sends
-the driver only a :class:`Stored` summary a shard: the samples' bytes never travel to the
-driver. The stage functions are :mod:`cmpdata.stages`'; this module only moves records
-between them.
+One Ray task takes a work item through every stage (:func:`item_stage`), a batch of pairs at a
+time. On CPU it computes the flows itself; with GPUs it sends each batch of frame pairs to a
+flow actor (:class:`FlowActor`, one a GPU) and finishes the previous batch while the GPU works
+on this one (:func:`flowed_batches`). The task leaves its encoded samples in a part file of
+the output directory (:func:`cmpdata.store.directory.write_part`) and returns the driver only
+a :class:`Stored` summary a shard: the samples' bytes never travel to the driver. The stage
+functions are :mod:`cmpdata.stages`'; this module only moves records between them.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import pickle
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from cmpdata.config import ExtractConfig
 from cmpdata.errors import CmpDataError
@@ -75,16 +72,6 @@ def store_records(
         dropped = tuple(r for r in group if isinstance(r, Dropped))
         summaries.append((shard, Stored(part, tuple(s.sample_id for s in samples), dropped)))
     return summaries
-
-
-def _batch(shards: Sequence[int], records: Sequence[object]) -> dict[str, np.ndarray]:
-    payload = np.empty(len(records), dtype=object)
-    payload[:] = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
-    return {"shard": np.asarray(shards, np.int64).reshape(-1), "payload": payload}
-
-
-def _unbatch(batch: dict[str, np.ndarray]) -> tuple[list[int], list[object]]:
-    return [int(s) for s in batch["shard"]], [pickle.loads(p) for p in batch["payload"]]
 
 
 def _limit_threads() -> None:
@@ -146,43 +133,32 @@ def unexpected(exc: BaseException) -> str:
     return clip_text(f"unexpected error: {type(exc).__name__}: {exc} (at {where})", MAX_REASON)
 
 
-def decode_stage(
-    batch: dict[str, np.ndarray], config: ExtractConfig, batch_size: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data map_batches over work items: their frame pairs and dropped pairs, yielded
-    ``batch_size`` records at a time, so that a task holds one batch of frames, however long
-    its item (Ray Data gathers what it yields into blocks of at most its
-    ``target_max_block_size``)."""
-    _limit_threads()
-    for item in _unbatch(batch)[1]:
-        assert isinstance(item, WorkItem)
-        for chunk in decoded_batches(item, config, batch_size):
-            yield _batch([item.shard] * len(chunk), chunk)
-
-
 def flow_records(
     records: Sequence[object], backend: FlowBackend, consistency: bool
 ) -> list[object]:
     """Each FramePair -> its FlowSample (computed as one batch); other records pass through."""
     out = list(records)
     todo = [i for i, r in enumerate(out) if isinstance(r, FramePair)]
+    if not todo:  # every pair of the batch was dropped
+        return out
     flows = compute_flows([out[i] for i in todo], backend, consistency)
     for i, sample in zip(todo, flows, strict=True):
         out[i] = sample
     return out
 
 
-class FlowStage:
-    """Ray Data actor: builds the flow backend once, then computes flows batch by batch."""
+class FlowActor:
+    """A Ray actor holding one GPU: builds the flow backend once, then computes the flows of
+    the batches that the item tasks send it, one batch at a time."""
 
     def __init__(self, config: ExtractConfig, options: dict[str, Any]) -> None:
         _limit_threads()
         self.backend: FlowBackend = build_flow(config.flow, **options)
         self.consistency = config.consistency
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shards, records = _unbatch(batch)
-        return _batch(shards, flow_records(records, self.backend, self.consistency))
+    def flows(self, records: Sequence[object]) -> list[object]:
+        """:func:`flow_records` of one batch."""
+        return flow_records(records, self.backend, self.consistency)
 
 
 def finish_records(
@@ -199,34 +175,52 @@ def finish_records(
     return out
 
 
-def finish_stage(
-    batch: dict[str, np.ndarray], config: ExtractConfig, out: str
-) -> dict[str, np.ndarray]:
-    """Ray Data map_batches: flow samples -> encoded samples (or dropped pairs), stored in
-    part files (:func:`store_records`)."""
-    _limit_threads()
-    shards, records = _unbatch(batch)
-    encoded = finish_records(records, build_sampler(config.guidance), config)
-    stored = store_records(out, shards, encoded)
-    return _batch([shard for shard, _ in stored], [summary for _, summary in stored])
-
-
 _BACKENDS: dict[str, FlowBackend] = {}  # per worker process: Ray reuses its task workers
 
 
-def cpu_stage(
-    item: WorkItem, config: ExtractConfig, options: dict[str, Any], batch_size: int, out: str
+def flowed_batches(
+    batches: Iterable[Sequence[object]],
+    submit: Callable[[Sequence[object]], Any],
+    get: Callable[[Any], list[object]],
+) -> Iterator[list[object]]:
+    """``get(submit(batch))`` of each batch in turn, one batch ahead: the next batch is taken
+    (decoded) and submitted before the previous one's result is got, so that the flow actor
+    works while the task decodes and finishes; at most two batches are out at a time."""
+    pending = None
+    for batch in batches:
+        ahead = submit(batch)
+        if pending is not None:
+            yield get(pending)
+        pending = ahead
+    if pending is not None:
+        yield get(pending)
+
+
+def item_stage(
+    item: WorkItem,
+    config: ExtractConfig,
+    options: dict[str, Any],
+    batch_size: int,
+    out: str,
+    actor: Any = None,
 ) -> list[tuple[int, Stored]]:
-    """A Ray task for a CPU flow backend: one work item through every stage, its encoded
-    samples stored in a part file (:func:`store_records`)."""
+    """A Ray task: one work item through every stage, a batch of pairs at a time, its encoded
+    samples stored in a part file (:func:`store_records`). The flows are computed here
+    (``actor`` None: a CPU backend, built once per worker process) or by ``actor``, the handle
+    of a :class:`FlowActor`."""
     _limit_threads()
-    key = json.dumps([config.flow, options], sort_keys=True, default=str)
-    if key not in _BACKENDS:
-        _BACKENDS[key] = build_flow(config.flow, **options)
-    sampler = build_sampler(config.guidance)
-    records: list[object] = []
     # Frames are decoded a batch at a time: an item of a long video never holds all its frames.
-    for batch in decoded_batches(item, config, batch_size):
-        flowed = flow_records(batch, _BACKENDS[key], config.consistency)
-        records += finish_records(flowed, sampler, config)
+    batches = decoded_batches(item, config, batch_size)
+    if actor is None:
+        key = json.dumps([config.flow, options], sort_keys=True, default=str)
+        if key not in _BACKENDS:
+            _BACKENDS[key] = build_flow(config.flow, **options)
+        backend = _BACKENDS[key]
+        flowed = (flow_records(batch, backend, config.consistency) for batch in batches)
+    else:
+        import ray
+
+        flowed = flowed_batches(batches, actor.flows.remote, ray.get)
+    sampler = build_sampler(config.guidance)
+    records = [r for batch in flowed for r in finish_records(batch, sampler, config)]
     return store_records(out, [item.shard] * len(records), records)
