@@ -256,6 +256,44 @@ def test_any_border_sizes_give_the_inner_box(top, bottom, left, right):
     assert detect_letterbox(*boxed(box)) == box
 
 
+def letterbox_reference(frame0, frame1, threshold, min_keep):
+    """The rule of detect_letterbox's docstring on every pixel at once."""
+    bright = np.maximum(frame0, frame1).max(axis=2) >= threshold
+    box = []
+    for axis in (0, 1):  # columns (x), then rows (y)
+        hits = np.flatnonzero(bright.mean(axis=axis) > 0.01)
+        n = bright.shape[1 - axis]
+        keep = len(hits) and hits[-1] + 1 - hits[0] >= min_keep * n
+        box.append((int(hits[0]), int(hits[-1]) + 1) if keep else (0, n))
+    (x0, x1), (y0, y1) = box
+    return x0, y0, x1, y1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    seed=st.integers(0, 2**32 - 1),
+    threshold=st.sampled_from([0, 15, 16, 17, 255]),
+    min_keep=st.sampled_from([0.0, 0.3, 0.5, 1.0]),
+)
+def test_letterbox_looks_from_the_edges_and_finds_what_every_pixel_says(
+    size, seed, threshold, min_keep
+):
+    # Blocks of lines from each edge inwards, stopping at the first content line: the same box
+    # as the rule applied to every pixel, on frames with random bars, lines and specks.
+    rng = np.random.default_rng(seed)
+    h, w = size
+    frames = [rng.integers(0, 20, (h, w, 3), dtype=np.uint8) for _ in range(2)]
+    for frame in frames:
+        frame[: rng.integers(0, h + 1)] //= 4
+        frame[rng.integers(0, h + 1) :] = 0
+        frame[:, : rng.integers(0, w + 1)] = 0
+        frame[rng.integers(0, h), :, rng.integers(0, 3)] = rng.integers(0, 256)
+        frame[:, rng.integers(0, w), rng.integers(0, 3)] = rng.integers(0, 256)
+    expected = letterbox_reference(*frames, threshold, min_keep)
+    assert detect_letterbox(*frames, threshold=threshold, min_keep=min_keep) == expected
+
+
 def test_stray_bright_specks_in_the_bars_are_tolerated():
     frame0, frame1 = boxed((0, 18, 160, 102))
     frame0[3, 50] = frame0[9, 120] = frame1[110, 7] = 255  # single hot pixels in the bars
