@@ -268,8 +268,8 @@ def driver_cost(clips: Path, scratch: Path) -> dict[str, dict[str, float]]:
     """The driver's CPU time (this process, all its threads) a pair in whole ``extract`` runs
     of the ``clips`` (:data:`DRIVER_CLIPS`), on the CPU path and on the GPU path (one fake GPU:
     Ray is told of one, and the flow actor runs DIS), with the run's pairs/s: everything the
-    driver does (planning, Ray Data's executor on the GPU path, gathering the summaries, the
-    bookkeeping, starting the writer tasks, the done markers, the manifest)."""
+    driver does (planning, starting a task a work item and waiting on it, gathering the
+    summaries, the bookkeeping, starting the writer tasks, the done markers, the manifest)."""
     config = ExtractConfig(
         pairs=PairConfig(gap=3, stride=1, short_side=None), flow_options={"preset": "ultrafast"}
     )
@@ -435,7 +435,10 @@ def measure(bench: Bench) -> dict[str, Any]:
         )
     )
     for path in ("cpu", "gpu"):
-        where = {"cpu": "CPU path (a task a work item)", "gpu": "GPU path (Ray Data, fake GPU)"}
+        where = {
+            "cpu": "CPU path (a task a work item)",
+            "gpu": "GPU path (a task a work item and a flow actor, fake GPU)",
+        }
         runs_of = [d[path] for d in driver]
         figures += [
             measured(

@@ -21,6 +21,7 @@ from cmpdata.store.directory import locked
 from cmpdata.store.manifest import read_failures, read_manifest
 from cmpdata.store.reports import verify_dataset
 from pipelines.extract import RunSettings, extract
+from pipelines.stages import flowed_batches
 
 CONFIG = ExtractConfig(pairs=PairConfig(short_side=None), shard_size=4, val_fraction=0.34)
 QUIET = RunSettings(progress=False)
@@ -104,6 +105,42 @@ def test_the_gpu_path_gives_the_same_dataset(synth_clips: Path, clean_run: Path,
     assert done.returncode == 0, done.stderr[-3000:]
     complete, digest = json.loads(done.stdout.strip().splitlines()[-1])
     assert complete and digest == read_manifest(clean_run)["content_digest"]
+
+
+def test_a_task_keeps_one_batch_ahead_at_its_flow_actor():
+    # The GPU path's task: the next batch is decoded and sent before the previous one's flows
+    # are taken back, so the actor has work while the task finishes; never more than two out.
+    log = []
+
+    def batches():
+        for k in range(4):
+            log.append(f"decode {k}")
+            yield [k]
+
+    def submit(batch):
+        log.append(f"send {batch[0]}")
+        return batch[0]
+
+    def get(ref):
+        log.append(f"take {ref}")
+        return [10 * ref]
+
+    assert list(flowed_batches(batches(), submit, get)) == [[0], [10], [20], [30]]
+    assert log == [
+        "decode 0",
+        "send 0",
+        "decode 1",
+        "send 1",
+        "take 0",
+        "decode 2",
+        "send 2",
+        "take 1",
+        "decode 3",
+        "send 3",
+        "take 2",
+        "take 3",
+    ]
+    assert list(flowed_batches(iter([]), submit, get)) == []
 
 
 def test_rerun_resumes_and_other_options_are_refused(synth_clips: Path, clean_run: Path, tmp_path):
