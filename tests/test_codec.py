@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from cmpdata.store.codec import (
     CMP_STEP,
     FlowCodec,
+    _fit_low_res,
     decode_flow,
     decode_flow_cmp,
     decode_mask,
@@ -135,6 +136,27 @@ def test_dis_flow_round_trip():
     data = CODEC.encode(flow)
     assert stored_grid(data) == (48, 64)
     assert mae(decode_flow(data), flow) <= BOUND
+
+
+@pytest.mark.parametrize("shape, grid", [((61, 83), (30, 41)), ((7, 5), (2, 1)), ((1, 9), (1, 3))])
+def test_the_grid_is_the_least_squares_fit_of_the_flow(shape, grid):
+    # The stored grid is the one whose OpenCV bilinear up-sampling is closest to the flow:
+    # checked against a dense least-squares solve over the up-sampling written as a matrix
+    # (its columns: each grid sample alone, up-sampled), for each component.
+    rng = np.random.default_rng(7)
+    flow = rng.normal(0, 10, (*shape, 2)).astype(np.float32)
+    h, w = grid
+    basis = np.zeros((h * w, *shape), np.float64)
+    for k in range(h * w):
+        one = np.zeros((h, w), np.float32)
+        one.flat[k] = 1
+        basis[k] = cv2.resize(one, shape[::-1], interpolation=cv2.INTER_LINEAR)
+    matrix = basis.reshape(h * w, -1).T
+    low = _fit_low_res(flow, grid)
+    assert low.shape == (2, h, w) and low.dtype == np.float32
+    for c in range(2):
+        best = np.linalg.lstsq(matrix, flow[..., c].ravel().astype(np.float64), rcond=None)[0]
+        np.testing.assert_allclose(low[c].ravel(), best, rtol=1e-4, atol=1e-4)
 
 
 def test_documented_layout_decodes_with_numpy_and_cv2_alone():

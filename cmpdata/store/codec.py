@@ -176,10 +176,9 @@ class FlowCodec:
             )
         _require_avif()
         flow = np.ascontiguousarray(flow)
-        planes = np.ascontiguousarray(flow.transpose(2, 0, 1))  # (2, H, W): x, y
         reduced = (max(1, height // self.downscale), max(1, width // self.downscale))
         for grid in dict.fromkeys((reduced, (height, width))):
-            low = _fit_low_res(planes, grid)
+            low = _fit_low_res(flow, grid)
             fields, levels = _quantise(low, self.step)
             for quality in (*range(self.quality, 100), 100):
                 body = _AVIF_FIELDS.pack(*grid, *fields) + _avif(levels, quality, self.speed)
@@ -331,20 +330,23 @@ def _fit_operator(n_full: int, n_low: int) -> tuple[sparse.csr_array, np.ndarray
     return up_t, bands
 
 
-def _fit_low_res(planes: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(2, h, w) samples whose bilinear up-sampling best fits ``planes`` (2, H, W).
+def _fit_low_res(flow: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(2, h, w) samples whose bilinear up-sampling best fits ``flow`` (H, W, 2), C-contiguous.
 
     Least squares, through the normal equations one axis at a time:
-    ``low = (Uy.T Uy)^-1 Uy.T F Ux (Ux.T Ux)^-1``.
+    ``low = (Uy.T Uy)^-1 Uy.T F Ux (Ux.T Ux)^-1`` for each component ``F``.
     """
-    _, height, width = planes.shape
+    height, width = flow.shape[:2]
     if grid == (height, width):
-        return planes
+        return np.ascontiguousarray(flow.transpose(2, 0, 1))
     uy_t, gram_y = _fit_operator(height, grid[0])
     ux_t, gram_x = _fit_operator(width, grid[1])
+    # Uy.T F of both components in one product (their columns interleaved, as stored), then
+    # each component's columns through a (W, h) view: no copy of the flow per component.
+    rows = (uy_t @ flow.reshape(height, 2 * width)).reshape(grid[0], width, 2)
     low = np.empty((2, *grid), np.float32)
     for c in range(2):
-        projected = ux_t @ (uy_t @ planes[c]).T  # (w, h)
+        projected = ux_t @ rows[..., c].T  # (w, h)
         low[c] = _solve_gram(gram_y, _solve_gram(gram_x, projected).T)
     return low
 
@@ -382,8 +384,10 @@ def _quantise(low: np.ndarray, step: float) -> tuple[list[float], np.ndarray]:
         # and the extremes stay one level inside 0..4095.
         s = float(np.float32(max(step, (hi - lo) / (_LEVELS - 1))))
         offset = float(np.float32((lo + hi) / 2 - s * _MIDDLE))
-        scaled = np.rint((low[c].astype(np.float64) - offset) / s)
-        levels[c] = np.clip(scaled, 0, _LEVELS)
+        scaled = low[c].astype(np.float64)  # in place from here: no temporary arrays
+        scaled -= offset
+        scaled /= s
+        levels[c] = np.clip(np.rint(scaled, out=scaled), 0, _LEVELS, out=scaled)
         fields += [offset, s]
     return fields, levels.reshape(-1, low.shape[2])
 
