@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import runner
+from benchmarks import before, runner
 from benchmarks.common import (
     figure,
     format_table,
@@ -266,3 +266,18 @@ def test_a_failing_part_is_reported_and_the_others_still_count(tmp_path, monkeyp
     ]
     assert "FAILED" in written["figures"][0]["note"]
     assert written["machine"]["cores"] >= 1 and "numpy" in written["versions"]
+
+
+def test_the_before_and_after_runs_report_their_tagged_lines_and_fail_loudly(tmp_path):
+    # benchmarks.before parses only the lines its child scripts tag, whatever else a side
+    # prints, and a side that fails stops the measurement with the end of its stderr.
+    script = f"print('a warning'); print({before.TAG!r} + '[1, 2]'); print({before.TAG!r} + '3')"
+    assert before.child(tmp_path, script, []) == [[1, 2], 3]
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        before.child(tmp_path, "1 / 0", [])
+    assert before.non_flow({"probe": 1.0, "flow": 40.0, "encode": 2.5}) == 3.5
+    with (
+        pytest.raises(RuntimeError, match="cannot check out no-such-revision"),
+        before.worktree("no-such-revision"),
+    ):
+        pass
