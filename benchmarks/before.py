@@ -19,7 +19,7 @@ before for the loader, with the range of the ratios of the runs made one after t
 The goal is :data:`GOAL_RATIO` on both.
 
 ``python -m benchmarks.before [--rev REV] [--repeats 12] [--videos a.mp4 ...] [--quick]``
-prints a table and writes ``bench-out/before.json``: about 6 minutes on 2 cores. It needs a
+prints a table and writes ``bench-out/before.json``: about 7 minutes on 2 cores. It needs a
 git checkout that holds REV. It is not part of ``make bench``.
 """
 

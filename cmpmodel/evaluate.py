@@ -144,6 +144,17 @@ def idw_flow(sparse: np.ndarray, power: float = 2.0) -> np.ndarray:
     return out.reshape(h, w, 2)
 
 
+def cropped_flows(
+    logits: torch.Tensor, padded: Sequence[int], size: Sequence[int], flow_range: float
+) -> np.ndarray:
+    """The flows of a batch of ``logits``, decoded at the ``padded`` (H, W) of the model's
+    input and cropped to the unpadded ``size``: float32 (B, H, W, 2) px; ``flow_range`` is the
+    half-range of the bins (px)."""
+    h, w = size
+    flow = dense_flow(logits, padded, flow_range)
+    return flow[:, :, :h, :w].permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+
+
 def model_flow(
     model: torch.nn.Module, inputs: dict[str, Any], flow_range: float, device: torch.device
 ) -> np.ndarray:
@@ -153,9 +164,7 @@ def model_flow(
     sparse = inputs["sparse"][None].to(device)
     with torch.no_grad():
         logits = model(image, sparse)
-    flow = dense_flow(logits, image.shape[-2:], flow_range)
-    h, w = inputs["size"]
-    return flow[0, :, :h, :w].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    return cropped_flows(logits, image.shape[-2:], inputs["size"], flow_range)[0]
 
 
 class Tally:

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from cmpdata.errors import ConfigError, UsageError
+from cmpdata.guidance import rasterize
 from cmpdata.paths import check_output_file
 from cmpdata.records import Guidance
 from cmpdata.store.shards import StoredSample
 from cmpdata.viz import flow_figure, save_png
 from cmpmodel.data import eval_inputs
-from cmpmodel.loss import dense_flow
+from cmpmodel.evaluate import cropped_flows
 from cmpmodel.model import CMP
 from cmpmodel.train import load_model
 
@@ -110,28 +111,28 @@ def guided_flows(
     transform = ckpt.get("transform_config", {})
     mean_std = {k: transform[k] for k in ("mean", "std") if k in transform}
     shape = {"multiple": model.stride, "min_side": model.min_side}
-    inputs = []
-    for guidance in guidances:
-        # An unlabelled sample whose stored guidance is the user's: eval_inputs then pads,
-        # normalises and rasterises exactly as evaluation does.
-        sample = StoredSample(
-            sample_id="image",
-            source_id="image",
-            t0=0,
-            t1=0,
-            split="val",
-            guide_seed=0,
-            image=image,
-            flow=np.zeros((h, w, 2), np.float32),
-            valid=None,
-            guidance=guidance,
-            crop=(0, 0, w, h),
-            scale=(1.0, 1.0),
-        )
-        inputs.append(eval_inputs(sample, None, 0, **mean_std, **shape))
-    padded = inputs[0]["image"][None].to(device)
-    sparse = torch.stack([item["sparse"] for item in inputs]).to(device)
+    # An unlabelled sample whose stored guidance is the user's: eval_inputs then pads and
+    # normalises the image, and rasterises the first guidance, exactly as evaluation does; the
+    # others are rasterised the same way onto the same padded size.
+    sample = StoredSample(
+        sample_id="image",
+        source_id="image",
+        t0=0,
+        t1=0,
+        split="val",
+        guide_seed=0,
+        image=image,
+        flow=np.zeros((h, w, 2), np.float32),
+        valid=None,
+        guidance=guidances[0],
+        crop=(0, 0, w, h),
+        scale=(1.0, 1.0),
+    )
+    first = eval_inputs(sample, None, 0, **mean_std, **shape)
+    others = [torch.from_numpy(rasterize(g, first["valid"].shape)) for g in guidances[1:]]
+    padded = first["image"][None].to(device)
+    sparse = torch.stack([first["sparse"], *others]).to(device)
     with torch.no_grad():
         logits = model.forward_one_image(padded, sparse)
-    flows = dense_flow(logits, padded.shape[-2:], ckpt["model_config"]["flow_range"])
-    return list(flows[:, :, :h, :w].permute(0, 2, 3, 1).cpu().numpy().astype(np.float32))
+    flow_range = ckpt["model_config"]["flow_range"]
+    return list(cropped_flows(logits, padded.shape[-2:], (h, w), flow_range))

@@ -76,13 +76,18 @@ class Picture:
     name: str
 
 
-def png_data_url(image: np.ndarray) -> str:
-    """``image`` (uint8 (H, W, 3) RGB or (H, W) grey) as a ``data:image/png;base64,...`` URL."""
+def png_bytes(image: np.ndarray) -> bytes:
+    """``image`` (uint8 (H, W, 3) RGB or (H, W) grey) as a PNG file."""
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     ok, encoded = cv2.imencode(".png", bgr)
     if not ok:
         raise RuntimeError(f"PNG encoding failed for an image of shape {image.shape}")
-    return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+    return encoded.tobytes()
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """``image`` (uint8 (H, W, 3) RGB or (H, W) grey) as a ``data:image/png;base64,...`` URL."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def checkpoints_beside(checkpoint: Path) -> list[Path]:
@@ -296,8 +301,7 @@ def build_app(workspace: Workspace) -> Any:
             picture = workspace.picture(request.path_params["key"])
         except UsageError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
-        bgr = cv2.cvtColor(picture.image, cv2.COLOR_RGB2BGR)
-        return Response(cv2.imencode(".png", bgr)[1].tobytes(), media_type="image/png")
+        return Response(png_bytes(picture.image), media_type="image/png")
 
     async def flow(request: Request) -> Response:
         body = await request.body()

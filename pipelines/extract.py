@@ -316,7 +316,7 @@ def run_pipeline(
                 args = (queue.popleft(), plan.config, options, run.batch_size, str(out), flows)
                 running.append(task.remote(*args))
             (done,), running = ray.wait(running, num_returns=1)
-            yield from task_result(done)
+            yield task_result(done)
     finally:
         for ref in running:
             ray.cancel(ref)
@@ -548,7 +548,8 @@ def extract(
                     bar.update(len(stored))
                 collector.finish()
         if not collector.pending:
-            # Parts no shard took (a retried task's, batched otherwise) go with the run.
+            # What no shard took (the temporary file of a part whose task Ray killed and
+            # retried) goes with the run.
             remove_temporary(out)
         seconds = time.monotonic() - start
         complete = not collector.pending

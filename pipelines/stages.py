@@ -57,21 +57,14 @@ class Stored:
         return len(self.sample_ids) + len(self.dropped)
 
 
-def store_records(
-    out: str, shards: Sequence[int], records: Sequence[object]
-) -> list[tuple[int, Stored]]:
-    """Encoded samples and dropped pairs, each of shard ``shards[k]`` -> a part file a shard
-    (:func:`~cmpdata.store.directory.write_part`) and its (shard, :class:`Stored`)."""
-    groups: dict[int, list[object]] = {}
-    for shard, record in zip(shards, records, strict=True):
-        groups.setdefault(shard, []).append(record)
-    summaries = []
-    for shard, group in groups.items():
-        samples = [r for r in group if isinstance(r, EncodedSample)]
-        part = write_part(Path(out), shard, samples) if samples else None
-        dropped = tuple(r for r in group if isinstance(r, Dropped))
-        summaries.append((shard, Stored(part, tuple(s.sample_id for s in samples), dropped)))
-    return summaries
+def store_records(out: str, shard: int, records: Sequence[object]) -> Stored:
+    """A work item's encoded samples and dropped pairs of ``shard`` -> a part file
+    (:func:`~cmpdata.store.directory.write_part`, none when every pair was dropped) and its
+    :class:`Stored` summary."""
+    samples = [r for r in records if isinstance(r, EncodedSample)]
+    part = write_part(Path(out), shard, samples) if samples else None
+    dropped = tuple(r for r in records if isinstance(r, Dropped))
+    return Stored(part, tuple(s.sample_id for s in samples), dropped)
 
 
 def _limit_threads() -> None:
@@ -203,11 +196,11 @@ def item_stage(
     batch_size: int,
     out: str,
     actor: Any = None,
-) -> list[tuple[int, Stored]]:
+) -> tuple[int, Stored]:
     """A Ray task: one work item through every stage, a batch of pairs at a time, its encoded
-    samples stored in a part file (:func:`store_records`). The flows are computed here
-    (``actor`` None: a CPU backend, built once per worker process) or by ``actor``, the handle
-    of a :class:`FlowActor`."""
+    samples stored in a part file (:func:`store_records`); returns (its shard, the summary).
+    The flows are computed here (``actor`` None: a CPU backend, built once per worker process)
+    or by ``actor``, the handle of a :class:`FlowActor`."""
     _limit_threads()
     # Frames are decoded a batch at a time: an item of a long video never holds all its frames.
     batches = decoded_batches(item, config, batch_size)
@@ -223,4 +216,4 @@ def item_stage(
         flowed = flowed_batches(batches, actor.flows.remote, ray.get)
     sampler = build_sampler(config.guidance)
     records = [r for batch in flowed for r in finish_records(batch, sampler, config)]
-    return store_records(out, [item.shard] * len(records), records)
+    return item.shard, store_records(out, item.shard, records)

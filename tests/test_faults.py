@@ -644,7 +644,7 @@ sys.modules["ray"].get = pickle.loads
 before = peak()
 out = Path(tempfile.mkdtemp())
 actor = Actor() if path == "gpu" else None
-stored = [s for _, s in item_stage(item, config, {"preset": "ultrafast"}, batch, out, actor)]
+stored = [item_stage(item, config, {"preset": "ultrafast"}, batch, out, actor)[1]]
 # The item's encoded samples, from the part file it left, and its dropped pairs.
 parts = [pickle.loads((out / s.part).read_bytes()) for s in stored if s.part]
 kinds = [type(r).__name__ for r in [*sum(parts, []), *(d for s in stored for d in s.dropped)]]

@@ -4,6 +4,8 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
+// An arrow: a dark outline under a yellow line, each with its own head marker (head-WIDTH).
+const STROKES = [["#000", 4], ["#ffe000", 2]];
 const CLICK_PX = 4; // a press that moves less than this (picture px) is a click, not a drag
 const PICK_PX = 12; // a right-click removes the nearest mark within this distance
 
@@ -78,7 +80,7 @@ function element(name, attributes) {
 
 function arrow(svg, x, y, dx, dy) {
   // A dark outline under a yellow line reads on bright and dark pictures alike.
-  for (const [colour, width] of [["#000", 4], ["#ffe000", 2]]) {
+  for (const [colour, width] of STROKES) {
     svg.appendChild(element("line", {
       x1: x, y1: y, x2: x + dx, y2: y + dy, stroke: colour, "stroke-width": width,
       "marker-end": `url(#head-${width})`, "stroke-linecap": "round",
@@ -96,7 +98,7 @@ function marker(svg, x, y, kind) {
 
 function heads(svg) {
   const defs = element("defs", {});
-  for (const [colour, width] of [["#000", 4], ["#ffe000", 2]]) {
+  for (const [colour, width] of STROKES) {
     const head = element("marker", {
       id: `head-${width}`, viewBox: "0 0 10 10", refX: 6, refY: 5, orient: "auto",
       markerWidth: 4, markerHeight: 4, markerUnits: "strokeWidth",
