@@ -221,7 +221,9 @@ def mask_reply(workspace: Workspace, request: dict[str, Any]) -> dict[str, Any]:
     positive = points_of(request.get("positive"), "positive")
     negative = points_of(request.get("negative"), "negative")
     # The clicks become guides; checking them so names the picture in the message.
-    check_guides([(x, y, 0, 0) for x, y in positive + negative], picture.image.shape[:2], "")
+    check_guides(
+        [(x, y, 0, 0) for x, y in positive + negative], picture.image.shape[:2], picture.name
+    )
     method = workspace.method(str(request.get("method")))
     mask, response = annotate(method, picture.image, positive, negative)
     tinted = picture.image.copy()
