@@ -22,17 +22,32 @@ Measured, ``repeats`` times each after one warm-up pass (cuDNN picks its kernels
   ``extract`` with DIS on every CPU (:func:`pipeline_figures`). Random weights give noisy
   flows that cost the codec more than smooth ones (one 416 x 560 pair on this project's
   2-core machine: 62 ms against 11 ms for the DIS flow), so the GPU figure is a lower bound.
+  Without ``--quick`` the larger run holds over :data:`PIPELINE_PAIRS` pairs;
+- ``train``: :func:`cmpmodel.train.train` of ResNet-50 (bf16 autocast, :data:`TRAIN_BATCH`
+  samples a step, 320 px crops, the DataLoader's workers on the CPUs but one) on the dataset
+  the DIS run wrote (made for it when ``pipeline`` is not asked for): samples/s per step and
+  the share of a step spent waiting for data, leaving out each epoch's first batch (the
+  workers' start; see :mod:`benchmarks.loading`).
 
-Run ``python -m benchmarks.gpu [--quick] [--weights-small FILE] [--weights-large FILE]``:
-prints a table and writes ``bench-out/gpu.json``.
+Issue 16's GPU goals, each a figure with its verdict in ``make bench`` on a GPU machine
+(:func:`benchmarks.runner.gpu_figures`): batched RAFT-small at :data:`GOAL_RAFT` pairs/s and
+RAFT-large likewise; the whole ``extract`` run with one GPU actor at
+:data:`GOAL_PIPELINE_SHARE` of batched fp16 RAFT-small's bare rate; ResNet-50 training at
+:data:`GOAL_TRAIN_SAMPLES` samples/s, waiting for data at most :data:`GOAL_TRAIN_WAIT` of a
+step.
+
+Run ``python -m benchmarks.gpu [--quick] [--parts raft pipeline train] [--weights-small FILE]
+[--weights-large FILE]``: prints a table and writes ``bench-out/gpu.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +61,15 @@ from cmpdata.synth.clips import SynthConfig, SyntheticClip
 HEIGHT, WIDTH = 416, 560
 GAP = 3
 VARIANTS = ("raft-small", "raft-large", "liteflownet")
+PIPELINE_FRAMES = 40  # frames a synthetic clip of the pipeline runs: 37 pairs of gap 3
+PIPELINE_PAIRS = 5000  # the larger run holds at least this many pairs (not with --quick)
+TRAIN_ARCH = "resnet50"
+TRAIN_BATCH = 64  # samples a training step on the GPU
+TRAIN_STEPS, TRAIN_STEPS_QUICK = 150, 30
+GOAL_RAFT = {"raft-small": 300.0, "raft-large": 150.0}  # pairs/s batched, 416p, one GPU
+GOAL_PIPELINE_SHARE = 0.85  # a whole extract run's pairs/s over bare batched RAFT-small's
+GOAL_TRAIN_SAMPLES = 800.0  # ResNet-50 training samples/s on one GPU
+GOAL_TRAIN_WAIT = 0.05  # at most this share of a training step spent waiting for data
 
 
 Pair = tuple[np.ndarray, np.ndarray, np.ndarray]  # frame t, frame t + GAP, exact flow
@@ -131,28 +155,35 @@ def raft_figures(
     return rows
 
 
+def write_frame_folder(folder: Path, seed: int, frames: int) -> str:
+    """Synthetic clip ``seed`` as a folder of JPEG frames (no ffmpeg needed): its path."""
+    clip = SyntheticClip(SynthConfig(height=HEIGHT, width=WIDTH, num_frames=frames, seed=seed))
+    folder.mkdir(parents=True)
+    for t in range(frames):
+        image = cv2.cvtColor(clip.frame(t), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(folder / f"{t:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return str(folder)
+
+
 def write_frame_folders(root: Path, clips: int, frames: int) -> list[str]:
-    """Synthetic clips as JPEG frame folders (no ffmpeg needed): their paths."""
-    folders = []
-    for i in range(clips):
-        clip = SyntheticClip(SynthConfig(height=HEIGHT, width=WIDTH, num_frames=frames, seed=i))
-        folder = root / f"clip{i:03d}"
-        folder.mkdir(parents=True)
-        for t in range(frames):
-            image = cv2.cvtColor(clip.frame(t), cv2.COLOR_RGB2BGR)
-            cv2.imwrite(str(folder / f"{t:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        folders.append(str(folder))
-    return folders
+    """``clips`` synthetic clips as JPEG frame folders under ``root``, drawn on every CPU (a
+    frame takes ~20 ms: 5,000 of them would take minutes on one core); their paths."""
+    folders = [root / f"clip{i:03d}" for i in range(clips)]
+    # Spawned, not forked: this process may hold CUDA and Ray's threads by now.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(clips, os.cpu_count() or 1), mp_context=context) as pool:
+        return list(pool.map(write_frame_folder, folders, range(clips), [frames] * clips))
 
 
-def pipeline_figures(clips: int, frames: int, batch_size: int) -> dict[str, Any]:
+def pipeline_figures(root: Path, clips: int, frames: int, batch_size: int) -> dict[str, Any]:
     """``extract`` pairs/s with one GPU flow actor (raft-small fp16) and with DIS on the CPUs.
 
     Each way runs on the first half of the clips and on all of them, each run into a fresh
-    directory (after one untimed run that starts Ray's workers). A run's time includes what
-    does not grow with the input (planning, the flow actor's start: CUDA and the model), so
-    besides each run's rate the *marginal* rate is reported: the extra pairs of the larger run
-    over its extra seconds, the rate a long extraction approaches.
+    directory under ``root`` (after one untimed run that starts Ray's workers). A run's time
+    includes what does not grow with the input (planning, the flow actor's start: CUDA and the
+    model), so besides each run's rate the *marginal* rate is reported: the extra pairs of the
+    larger run over its extra seconds, the rate a long extraction approaches. The result's
+    ``"dis_dataset"`` is the directory of DIS's run on all the clips.
     """
     import ray
 
@@ -180,28 +211,62 @@ def pipeline_figures(clips: int, frames: int, batch_size: int) -> dict[str, Any]
         ),
     }
     result: dict[str, Any] = {"ray_start_s": ray_start, "cpus": cpus, "runs": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs = write_frame_folders(Path(tmp) / "clips", clips, frames)
-        runs = (("warm-up", inputs[:1]), ("half", inputs[: clips // 2]), ("all", inputs))
-        for name, (config, run) in ways.items():
-            timed = {}
-            for label, chosen in runs:
-                start = time.perf_counter()
-                done = extract(chosen, Path(tmp) / f"{name.split()[0]}-{label}", config, run)
-                timed[label] = (done.written, time.perf_counter() - start, done.complete)
-            (half, half_s, _), (pairs_all, all_s, complete) = timed["half"], timed["all"]
-            result["runs"][name] = {
-                "pairs": pairs_all,
-                "seconds": all_s,
-                "pairs_per_s": pairs_all / all_s,
-                "marginal_pairs_per_s": (pairs_all - half) / (all_s - half_s),
-                "complete": complete,
-            }
+    inputs = write_frame_folders(root / "clips", clips, frames)
+    runs = (("warm-up", inputs[:1]), ("half", inputs[: clips // 2]), ("all", inputs))
+    for name, (config, run) in ways.items():
+        timed = {}
+        for label, chosen in runs:
+            start = time.perf_counter()
+            done = extract(chosen, root / f"{name.split()[0]}-{label}", config, run)
+            timed[label] = (done.written, time.perf_counter() - start, done.complete)
+        (half, half_s, _), (pairs_all, all_s, complete) = timed["half"], timed["all"]
+        result["runs"][name] = {
+            "pairs": pairs_all,
+            "seconds": all_s,
+            "pairs_per_s": pairs_all / all_s,
+            "marginal_pairs_per_s": (pairs_all - half) / (all_s - half_s),
+            "complete": complete,
+        }
+    result["dis_dataset"] = str(root / "dis-all")
     ray.shutdown()
     return result
 
 
-PARTS = ("raft", "pipeline")
+def train_figures(dataset: Path, out: Path, steps: int, arch: str = TRAIN_ARCH) -> dict[str, Any]:
+    """Samples/s and data wait of ``steps`` training steps of ``arch`` on ``dataset``, with
+    :data:`TRAIN_BATCH` samples a step and a DataLoader worker on every CPU but one."""
+    from benchmarks.loading import train_waits, wait_fractions
+
+    workers = max(1, (os.cpu_count() or 1) - 1)
+    waits = train_waits(dataset, workers, steps, out, arch=arch, batch_size=TRAIN_BATCH)
+    fractions = wait_fractions(waits)
+    return {
+        "arch": arch,
+        "batch_size": TRAIN_BATCH,
+        "workers": workers,
+        "steps": steps,
+        "samples_per_s": spread([TRAIN_BATCH / s for s in fractions["steady_step_s"]]),
+        "wait": {k: fractions[k] for k in ("steady", "overall")},
+    }
+
+
+PARTS = ("raft", "pipeline", "train")
+
+
+def training_set(root: Path, clips: int) -> Path:
+    """A DIS dataset of ``clips`` synthetic clips written under ``root`` with every CPU, for
+    the ``train`` part when the ``pipeline`` part did not write one."""
+    import ray
+
+    from cmpdata.config import ExtractConfig
+    from cmpdata.io.pairs import PairConfig
+    from pipelines.extract import RunSettings, extract
+
+    inputs = write_frame_folders(root / "train-clips", clips, PIPELINE_FRAMES)
+    config = ExtractConfig(pairs=PairConfig(gap=GAP, stride=1))
+    extract(inputs, root / "train-set", config, RunSettings(progress=False))
+    ray.shutdown()
+    return root / "train-set"
 
 
 def measure(
@@ -227,14 +292,15 @@ def measure(
             f"{repeats} timed passes after a warm-up"
         )
         result["raft"] = raft_figures(pairs, repeats, batch_size, weights or {})
-    if "pipeline" not in parts:
-        return result
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        result["pipeline"] = {"skipped": "Ray is not installed"}
-    else:
-        result["pipeline"] = pipeline_figures(8 if quick else 32, 40, batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if "pipeline" in parts:
+            clips = 8 if quick else -(-PIPELINE_PAIRS // (PIPELINE_FRAMES - GAP))
+            result["pipeline"] = pipeline_figures(root, clips, PIPELINE_FRAMES, batch_size)
+        if "train" in parts:
+            dataset = result.get("pipeline", {}).get("dis_dataset") or training_set(root, 8)
+            steps = TRAIN_STEPS_QUICK if quick else TRAIN_STEPS
+            result["train"] = train_figures(Path(dataset), root / "train-run", steps)
     return result
 
 
@@ -258,13 +324,22 @@ def print_table(result: dict[str, Any]) -> None:
     pipeline = result.get("pipeline", {"skipped": "not asked for"})
     if "skipped" in pipeline:
         print(f"pipeline: skipped ({pipeline['skipped']})")
-        return
-    print(f"pipeline (Ray start {pipeline['ray_start_s']:.1f} s, {pipeline['cpus']} CPUs):")
-    for name, run in pipeline["runs"].items():
+    else:
+        print(f"pipeline (Ray start {pipeline['ray_start_s']:.1f} s, {pipeline['cpus']} CPUs):")
+        for name, run in pipeline["runs"].items():
+            print(
+                f"  {name:<32} {run['pairs']:>5} pairs {run['seconds']:>7.1f} s "
+                f"{run['pairs_per_s']:>7.1f} pairs/s, marginal "
+                f"{run['marginal_pairs_per_s']:>7.1f} pairs/s"
+            )
+    training = result.get("train")
+    if training:
+        rate, wait = training["samples_per_s"], training["wait"]
         print(
-            f"  {name:<32} {run['pairs']:>5} pairs {run['seconds']:>7.1f} s "
-            f"{run['pairs_per_s']:>7.1f} pairs/s, marginal "
-            f"{run['marginal_pairs_per_s']:>7.1f} pairs/s"
+            f"training {training['arch']}, batch {training['batch_size']}, "
+            f"{training['workers']} workers: {rate['median']:.0f} samples/s "
+            f"({rate['min']:.0f}-{rate['max']:.0f}), data wait {wait['steady']:.1%} of a step "
+            f"({wait['overall']:.1%} with each epoch's start)"
         )
 
 

@@ -144,14 +144,22 @@ def wait_fractions(waits: list[Wait]) -> dict[str, Any]:
     }
 
 
-def train_waits(training_set: Path, workers: int, steps: int, out: Path) -> list[Wait]:
-    """Train the tiny model for ``steps`` steps; the timed batches."""
+def train_waits(
+    training_set: Path,
+    workers: int,
+    steps: int,
+    out: Path,
+    arch: str = ARCH,
+    batch_size: int = BATCH,
+) -> list[Wait]:
+    """Train ``arch`` (the tiny model by default) for ``steps`` steps of ``batch_size``
+    samples, on the GPU when there is one; the timed batches."""
     config = TrainConfig(
         data=[str(training_set)],
         out=str(out),
-        arch=ARCH,
+        arch=arch,
         iters=steps,
-        batch_size=BATCH,
+        batch_size=batch_size,
         workers=workers,
         picture_every=0,
         ckpt_every=steps,

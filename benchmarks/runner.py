@@ -69,11 +69,30 @@ RATES = {
 CORES_KEY = "extract.extract_2w.pairs_per_s"
 
 
+def median_figure(
+    part: str, name: str, rate: dict[str, float], unit: str, **options: Any
+) -> Figure:
+    """A figure of the median of a :func:`~benchmarks.common.spread` saved in a result, with its
+    range; ``options`` are :func:`~benchmarks.common.figure`'s keywords."""
+    spread = {k: rate[k] for k in ("min", "max") if k in rate}
+    return figure(part, name, rate["median"], unit, stat="median", spread=spread, **options)
+
+
 def gpu_figures(result: dict[str, Any], part: str) -> list[Figure]:
     """The figures of :func:`benchmarks.gpu.measure`'s result: RAFT pairs/s per variant,
-    precision and batch; the pipeline's runs. Rows it does not recognise are left out (the
-    result is kept whole in ``results.json``)."""
+    precision and batch; the pipeline's runs; training. Issue 16's GPU goals
+    (:data:`benchmarks.gpu.GOAL_RAFT` and the others) go on their figures. Rows it does not
+    recognise are left out (the result is kept whole in ``results.json``)."""
+    from benchmarks.gpu import (
+        GOAL_PIPELINE_SHARE,
+        GOAL_RAFT,
+        GOAL_TRAIN_SAMPLES,
+        GOAL_TRAIN_WAIT,
+        PIPELINE_PAIRS,
+    )
+
     figures = []
+    bare = None  # batched fp16 RAFT-small, the rate a GPU run of extract is held against
     for row in result.get("raft", []):
         rate = row.get("pairs_per_s", {})
         if "median" not in rate:
@@ -83,22 +102,25 @@ def gpu_figures(result: dict[str, Any], part: str) -> list[Figure]:
             notes.append(f"{row['speed_up']:.2f}x batch 1 fp32")
         if "epe_px" in row:
             notes.append(f"EPE {row['epe_px']:.3f} px")
-        name = f"{row.get('variant')} {row.get('precision')}, batch {row.get('batch_size')}"
+        variant, batch = row.get("variant"), row.get("batch_size", 1)
+        if (variant, row.get("precision")) == ("raft-small", "fp16") and batch > 1:
+            bare = rate["median"]
+        target = GOAL_RAFT.get(variant) if batch > 1 else None
         figures.append(
-            figure(
+            median_figure(
                 part,
-                name,
-                rate["median"],
+                f"{variant} {row.get('precision')}, batch {batch}",
+                rate,
                 "pairs/s",
-                stat="median",
-                spread={k: rate[k] for k in ("min", "max") if k in rate},
                 note="; ".join(notes),
+                goal=(">=", target) if target else None,
             )
         )
     pipeline = result.get("pipeline", {})
     for name, run in pipeline.get("runs", {}).items():
         # The run with a GPU actor feeds the projections.
-        key = "gpu.pipeline_1gpu" if "gpu" in name.lower() else None
+        gpu = "gpu" in name.lower()
+        key = "gpu.pipeline_1gpu" if gpu else None
         rates = {"pairs_per_s": "", "marginal_pairs_per_s": ", marginal"}
         for field, suffix in rates.items():
             if field in run:
@@ -112,8 +134,44 @@ def gpu_figures(result: dict[str, Any], part: str) -> list[Figure]:
                         key=f"{key}.{field}" if key else None,
                     )
                 )
+        if gpu and bare and "pairs_per_s" in run:
+            pairs = run.get("pairs", 0)
+            figures.append(
+                figure(
+                    part,
+                    f"extract: {name}, whole run / bare batched RAFT",
+                    run["pairs_per_s"] / bare,
+                    "x",
+                    note=f"{pairs} pairs; the goal asks for {PIPELINE_PAIRS}+"
+                    if pairs < PIPELINE_PAIRS
+                    else f"{pairs} pairs, bare {bare:.0f} pairs/s",
+                    goal=(">=", GOAL_PIPELINE_SHARE),
+                )
+            )
     if "skipped" in pipeline:
         figures.append(figure(part, "extract", None, "", note=f"skipped: {pipeline['skipped']}"))
+    training = result.get("train", {})
+    if "median" in training.get("samples_per_s", {}):
+        rate = training["samples_per_s"]
+        name = f"{training.get('arch')} training, {training.get('workers')} workers"
+        figures += [
+            median_figure(
+                part,
+                f"{name}: samples/s",
+                rate,
+                "samples/s",
+                note=f"batch {training.get('batch_size')}, {training.get('steps')} steps",
+                goal=(">=", GOAL_TRAIN_SAMPLES),
+            ),
+            figure(
+                part,
+                f"{name}: data wait",
+                training["wait"]["steady"],
+                "of a step",
+                note=f"overall {training['wait']['overall']:.2f} with each epoch's start",
+                goal=("<=", GOAL_TRAIN_WAIT),
+            ),
+        ]
     return figures
 
 
