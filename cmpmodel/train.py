@@ -67,6 +67,7 @@ from cmpmodel.data import (
     TrainTransform,
     TrainTransformConfig,
     eval_inputs,
+    expand,
     make_train_loader,
 )
 from cmpmodel.loss import cmp_loss, dense_flow
@@ -667,6 +668,7 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
     validation = Validation(config, dataset.shards) if config.val_every else None
     torch.manual_seed(config.seed)  # the same initial weights in every process
     model_config = config.model_config()
+    transform = config.transform_config()
     model = build_model(model_config).to(ctx.device)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -762,10 +764,7 @@ def _train(config: TrainConfig, ctx: Distributed) -> dict[str, Any]:
             lr = lr_at(step, config, ctx.world_size)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs = {
-                k: batch[k].to(ctx.device, non_blocking=True)
-                for k in ("image", "sparse", "flow", "valid")
-            }
+            inputs = expand(batch, ctx.device, transform.mean, transform.std)
             with autocast:
                 logits = net(inputs["image"], inputs["sparse"])
             loss = cmp_loss(

@@ -20,7 +20,7 @@ import torch
 from test_dataset import make_dataset
 from torch.utils.data import DataLoader
 
-from cmpdata.guidance import GuidanceConfig, build_sampler
+from cmpdata.guidance import GuidanceConfig, build_sampler, rasterize
 from cmpdata.records import Guidance
 from cmpdata.seeding import sample_rng
 from cmpdata.store.dataset import ShardDataset
@@ -32,8 +32,11 @@ from cmpmodel.data import (
     EvalTransform,
     TrainTransform,
     TrainTransformConfig,
+    collate,
     eval_inputs,
+    expand,
     make_train_loader,
+    window_guidance,
 )
 
 CROP = 32
@@ -400,10 +403,11 @@ def test_make_train_loader_is_a_function_of_the_epoch(dataset_root):
     index = {sample_id: i for i, sample_id in enumerate(plain.sample_ids())}
     reference = TrainTransform(dataset.transform.config, epoch=1)
     for batch in later:
+        inputs = expand(batch, "cpu", reference.config.mean, reference.config.std)
         for k, sample_id in enumerate(batch["sample_id"]):
             expected = reference(plain[index[sample_id]])
-            assert torch.equal(batch["sparse"][k], expected["sparse"])
-            assert torch.equal(batch["image"][k], expected["image"])
+            for key in ("image", "sparse", "flow", "valid"):
+                assert torch.equal(inputs[key][k], expected[key])
     with pytest.raises(ValueError, match="TrainTransform"):
         make_train_loader(ShardDataset(dataset_root), batch_size=2, epoch=0)
 
@@ -476,3 +480,59 @@ def test_transforms_give_the_pinned_outputs():
     flips = {bool(source_pixels(item)[2]) for item in items[7:48:8]}
     assert flips == {False, True}  # the coordinate sample was mirrored at some epochs only
     assert outputs_digest(items) == PINNED_OUTPUTS
+
+
+def packed_batch_cases() -> list[tuple[StoredSample, TrainTransformConfig]]:
+    """Items of one crop size that differ in every way a batch must keep apart: padded on one
+    axis, on both, or not; a mask or none; drawn, random and stored guidance (two stored
+    points on one pixel: the later one's vector is the one drawn)."""
+    small = coordinate_sample(20, 24)
+    doubled = Guidance(
+        np.float32([[31.2, 15.0], [33, 20], [30.8, 15.4], [40, 25]]),
+        np.float32([[1, 1], [2, 2], [5, -5], [3, 3]]),
+    )
+    return [
+        (coordinate_sample(), config()),
+        (dataclasses.replace(small, valid=np.ones((20, 24), bool)), config()),
+        (coordinate_sample(30, 50, sample_id=IDS[2]), config(random_guides=7)),
+        (coordinate_sample(guidance=doubled, sample_id=IDS[3]), config(use_stored_guidance=True)),
+        (small, config(flip=False)),
+    ]
+
+
+def test_a_packed_batch_expands_to_the_items_the_transform_gives():
+    cases = packed_batch_cases()
+    for epoch in range(4):
+        transforms = [TrainTransform(cfg, epoch=epoch) for _, cfg in cases]
+        packed = [t.pack(sample) for t, (sample, _) in zip(transforms, cases, strict=True)]
+        batch = collate(packed)
+        assert batch["image"].dtype == torch.uint8 and batch["guide"].shape[1] == 4
+        inputs = expand(batch)
+        for k, (transform, (sample, _)) in enumerate(zip(transforms, cases, strict=True)):
+            expected = transform(sample)
+            assert inputs["sample_id"][k] == expected["sample_id"]
+            for key in ("image", "sparse", "flow", "valid"):
+                assert torch.equal(inputs[key][k], expected[key]), (epoch, k, key)
+    # The doubled pixel holds the later point's vector, as rasterize draws the stored guidance
+    # of the window the transform's draws chose.
+    sample, cfg = cases[3]
+    doubled_inside = 0
+    for epoch in range(4):
+        rng = sample_rng(cfg.seed, sample.sample_id, epoch)
+        top, left = int(rng.integers(0, 48 - CROP + 1)), int(rng.integers(0, 64 - CROP + 1))
+        flip = bool(rng.random() < 0.5)
+        guidance = window_guidance(sample.guidance, top, left, CROP, CROP, CROP if flip else None)
+        drawn = TrainTransform(cfg, epoch=epoch)(sample)["sparse"]
+        assert torch.equal(drawn, torch.from_numpy(rasterize(guidance, (CROP, CROP))))
+        doubled_inside += len(np.unique(guidance.points, axis=0)) < len(guidance.points)
+    assert doubled_inside
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_expanding_on_the_gpu_gives_the_cpu_bits():
+    cases = packed_batch_cases()
+    batch = collate([TrainTransform(cfg).pack(sample) for sample, cfg in cases])
+    on_cpu, on_gpu = expand(batch), expand(batch, "cuda")
+    for key in ("image", "sparse", "flow", "valid"):
+        assert torch.equal(on_gpu[key].cpu(), on_cpu[key]), key

@@ -9,6 +9,7 @@ from cmpdata.guidance.base import (
     GuidanceSampler,
     GuidanceStrategy,
     build_sampler,
+    guidance_pixels,
     rasterize,
     register_strategy,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "Uniform",
     "Watershed",
     "build_sampler",
+    "guidance_pixels",
     "rasterize",
     "register_strategy",
 ]

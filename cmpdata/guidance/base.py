@@ -193,13 +193,10 @@ def build_sampler(config: GuidanceConfig) -> GuidanceSampler:
     return GuidanceSampler(strategies, config.max_num_guide)
 
 
-def rasterize(guidance: Guidance, size: tuple[int, int]) -> np.ndarray:
-    """The model's 4-channel guidance input, float32 (4, H, W) for ``size`` = (H, W).
-
-    Channels 0 and 1 hold the guidance vectors (x, y, pixels) at their points and zero
-    elsewhere; channels 2 and 3 both hold the binary mask of the points. Points are rounded
-    to the nearest pixel. Raises ``ValueError`` if a point lies outside ``size``.
-    """
+def guidance_pixels(guidance: Guidance, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Columns and rows (int64) of the pixels of ``guidance``'s points on an image of ``size``
+    = (H, W): the points rounded to the nearest pixel. Raises ``ValueError`` if the size is
+    empty or a point lies outside it."""
     h, w = size
     if h < 1 or w < 1:
         raise ValueError(f"cannot rasterize guidance onto size {size}")
@@ -211,8 +208,19 @@ def rasterize(guidance: Guidance, size: tuple[int, int]) -> np.ndarray:
             f"{int(outside.sum())} guidance point(s) outside size (H, W) = {size}, "
             f"e.g. (x, y) = ({x}, {y})"
         )
-    out = np.zeros((4, h, w), np.float32)
-    xs, ys = xy[:, 0], xy[:, 1]
+    return xy[:, 0], xy[:, 1]
+
+
+def rasterize(guidance: Guidance, size: tuple[int, int]) -> np.ndarray:
+    """The model's 4-channel guidance input, float32 (4, H, W) for ``size`` = (H, W).
+
+    Channels 0 and 1 hold the guidance vectors (x, y, pixels) at their points and zero
+    elsewhere; channels 2 and 3 both hold the binary mask of the points. Points are rounded
+    to the nearest pixel (:func:`guidance_pixels`; of two points on one pixel, the later one's
+    vector is kept). Raises ``ValueError`` if a point lies outside ``size``.
+    """
+    xs, ys = guidance_pixels(guidance, size)
+    out = np.zeros((4, *size), np.float32)
     out[0, ys, xs] = guidance.vectors[:, 0]
     out[1, ys, xs] = guidance.vectors[:, 1]
     out[2:, ys, xs] = 1.0

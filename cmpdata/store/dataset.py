@@ -193,11 +193,15 @@ class ShardDataset(Dataset):
         shard, row = self._position(index)
         return self.shards[shard], row
 
-    def __getitem__(self, index: int) -> Any:
-        """Item ``index``; raises ``IndexError`` when out of range and :class:`ShardError`
-        naming the shard when the sample cannot be read."""
+    def read(self, index: int) -> StoredSample:
+        """Sample ``index`` as stored, without the transform; raises ``IndexError`` when out of
+        range and :class:`ShardError` naming the shard when the sample cannot be read."""
         shard, row = self._position(index)
-        sample = self._readers[shard].read(row)
+        return self._readers[shard].read(row)
+
+    def __getitem__(self, index: int) -> Any:
+        """Item ``index``: :meth:`read` through the transform, if any."""
+        sample = self.read(index)
         return sample if self.transform is None else self.transform(sample)
 
     def sample_ids(self) -> list[str]:
