@@ -183,7 +183,9 @@ def _window(
     if flip:
         flow, valid = cv2.flip(flow, 1), valid[:, ::-1]
         flow[..., 0] *= -1
-    return image, np.array(flow, np.float32), np.array(valid, np.bool_), (rows, cols, first)
+    # A padded or mirrored window is a fresh array already; a plain one is a view to copy.
+    flow, valid = np.ascontiguousarray(flow, np.float32), np.ascontiguousarray(valid, np.bool_)
+    return image, flow, valid, (rows, cols, first)
 
 
 def cut_window(
