@@ -6,7 +6,8 @@ configuration, cycled to 120 samples, 40 with ``--quick``; 416 x 560 frames).
 
 - Loader speed: the trainer's DataLoader (:func:`cmpmodel.data.make_train_loader`: shuffled,
   batch 10, the default) over ``ShardDataset`` with :class:`cmpmodel.data.TrainTransform` at
-  its defaults (320 px crop, flips, watershed + grid guidance drawn on the crop), with 0, 1 and
+  its defaults (320 px crop, flips, watershed + grid guidance drawn on the crop; its batches
+  packed: 8-bit crops and guidance points, which the trainer expands on its device), with 0, 1 and
   2 worker processes, torch on one thread (:data:`TORCH_THREADS`, what DataLoader workers
   get). One epoch per repeat. The first batch (worker start-up and the first reads) is timed
   on its own; samples/s counts the batches after it. The goal is :data:`GOAL_SAMPLES`
