@@ -183,7 +183,8 @@ def _window(
     if flip:
         flow, valid = cv2.flip(flow, 1), valid[:, ::-1]
         flow[..., 0] *= -1
-    # A padded or mirrored window is a fresh array already; a plain one is a view to copy.
+    elif (rows, cols) == (height, width):  # views of the sample, copied (padding made copies)
+        flow, valid = flow.copy(), valid.copy()
     flow, valid = np.ascontiguousarray(flow, np.float32), np.ascontiguousarray(valid, np.bool_)
     return image, flow, valid, (rows, cols, first)
 
