@@ -30,15 +30,17 @@ A flip mirrors the whole window, so a flipped crop has its padding on the left.
 
 The training loader (:func:`make_train_loader`) carries the same inputs packed, and the trainer
 unpacks them on its device with :func:`expand` (the tensors above, bit for bit: a test
-compares). The image travels as 8-bit and the guidance as its points, so a worker neither
-normalises the image nor draws the 4-channel map, and a sample takes 1.2 MB from the host to
-the device instead of 3.7 MB at 320 px. A packed item (:meth:`TrainTransform.pack`)::
+compares). The image travels as 8-bit and the guidance as its points, and both the image and
+the flow keep the frame's channels-last layout, so a worker neither normalises, transposes nor
+draws the 4-channel map, and a sample takes 1.2 MB from the host to the device instead of
+3.7 MB at 320 px. A packed item (:meth:`TrainTransform.pack`)::
 
-    "image"      uint8 (3, S, S)    RGB 0-255, 0 on padding
+    "image"      uint8 (S, S, 3)    RGB 0-255, 0 on padding
     "extent"     int64 (3,)         rows and columns of the frame inside the window, and the
                                     window column where it starts (the rest is padding)
     "guide"      float32 (K, 4)     x, y (whole pixels of the window), then the vector x, y
-    "flow", "valid", "sample_id"    as above
+    "flow"       float32 (S, S, 2)  target flow x, y in pixels
+    "valid", "sample_id"            as above
 
 and a packed batch (:func:`collate`) stacks them, except "guide": every item's points in one
 (N, 4) array, with "guide_item" int64 (N,), the item each point belongs to.
@@ -131,18 +133,18 @@ def normalise(
     mean: Sequence[float] = RGB_MEAN,
     std: Sequence[float] = RGB_STD,
 ) -> torch.Tensor:
-    """float32 ``(image - mean) / std`` of uint8 images (B, 3, H, W), 0 outside each image's
-    ``extents`` (B, 3): rows, columns and first column of the frame in the window (the padding
-    of the module docstring). The arithmetic is float32 on any device, so it gives the same
-    bits on the CPU and on a GPU."""
+    """float32 (B, 3, H, W) ``(image - mean) / std`` of uint8 images (B, H, W, 3), 0 outside
+    each image's ``extents`` (B, 3): rows, columns and first column of the frame in the window
+    (the padding of the module docstring). The arithmetic is float32 on any device, so it gives
+    the same bits on the CPU and on a GPU."""
     device = images.device
     shape = (1, 3, 1, 1)
     mean_t = torch.tensor(tuple(mean), dtype=torch.float32, device=device).view(shape)
     std_t = torch.tensor(tuple(std), dtype=torch.float32, device=device).view(shape)
-    out = (images.float() - mean_t) / std_t
+    out = (images.permute(0, 3, 1, 2).contiguous().float() - mean_t) / std_t
     rows, cols, first = (e.view(-1, 1, 1) for e in extents.unbind(1))
-    ys = torch.arange(images.shape[2], device=device).view(1, -1, 1)
-    xs = torch.arange(images.shape[3], device=device).view(1, 1, -1)
+    ys = torch.arange(out.shape[2], device=device).view(1, -1, 1)
+    xs = torch.arange(out.shape[3], device=device).view(1, 1, -1)
     inside = (ys < rows) & (xs >= first) & (xs < first + cols)
     return torch.where(inside[:, None], out, torch.zeros((), device=device))
 
@@ -150,7 +152,7 @@ def normalise(
 def _window(
     sample: StoredSample, top: int, left: int, height: int, width: int, flip: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
-    """:func:`cut_window` without the normalisation: the image uint8 (3, height, width), 0 on
+    """:func:`cut_window` without the normalisation: the image uint8 (height, width, 3), 0 on
     padding; the flow; the validity; the extent (rows, columns, first column) of the frame."""
     h, w = sample.flow.shape[:2]
     if sample.image.shape[:2] != (h, w) or (
@@ -166,13 +168,14 @@ def _window(
         raise ValueError(f"{sample.sample_id}: window at ({top}, {left}) outside {h} x {w}")
     rows, cols = min(height, h - top), min(width, w - left)
     source = np.s_[top : top + rows, left : left + cols]
-    # The 8-bit window is mirrored and split into channels by OpenCV: several times faster
-    # than numpy's reversed and transposed copies.
+    # OpenCV mirrors several times faster than numpy's reversed copies.
     window = sample.image[source]
-    image = np.zeros((3, height, width), np.uint8)
     first = width - cols if flip else 0  # a mirrored window has its padding on the left
-    for c, plane in enumerate(cv2.split(cv2.flip(window, 1) if flip else window)):
-        image[c, :rows, first : first + cols] = plane
+    if (rows, cols) == (height, width):
+        image = cv2.flip(window, 1) if flip else window.copy()
+    else:
+        image = np.zeros((height, width, 3), np.uint8)
+        image[:rows, first : first + cols] = cv2.flip(window, 1) if flip else window
     flow = sample.flow[source]
     valid = np.ones((rows, cols), np.bool_) if sample.valid is None else sample.valid[source]
     if (rows, cols) != (height, width):
@@ -285,8 +288,8 @@ def packed_item(
         "image": torch.from_numpy(image),
         "extent": torch.tensor(extent),
         "guide": guide,
-        "flow": torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1))),
-        "valid": torch.from_numpy(np.ascontiguousarray(valid)),
+        "flow": torch.from_numpy(flow),
+        "valid": torch.from_numpy(valid),
         "sample_id": sample_id,
     }
 
@@ -340,7 +343,7 @@ def expand(
     return {
         "image": image,
         "sparse": sparse,
-        "flow": moved("flow"),
+        "flow": moved("flow").permute(0, 3, 1, 2).contiguous(),
         "valid": moved("valid"),
         "sample_id": batch["sample_id"],
     }
