@@ -321,7 +321,10 @@ def remove(worker):
 # The second node goes while one of its workers decodes: mid-task, mid-run.
 watcher = Watcher(lambda: busy_ray_workers(node.all_processes["raylet"][0].process.pid), remove)
 watcher.start()
-result = extract([inputs], out, CONFIG, RunSettings(address=cluster.address, progress=False))
+# Two tasks at once, whatever the cluster's CPU count reads as at the start: with one, Ray
+# would keep every task on the head node, which has a CPU free between them.
+run = RunSettings(address=cluster.address, workers=2, progress=False)
+result = extract([inputs], out, CONFIG, run)
 watcher.stop.set()
 state.update(removed=watcher.hit is not None, complete=result.complete, errors=result.errors,
              alive=sum(n["Alive"] for n in ray.nodes()))
