@@ -27,7 +27,13 @@ Measured, ``repeats`` times each after one warm-up pass (cuDNN picks its kernels
   samples a step, 320 px crops, the DataLoader's workers on the CPUs but one) on the dataset
   the DIS run wrote (made for it when ``pipeline`` is not asked for): samples/s per step and
   the share of a step spent waiting for data, leaving out each epoch's first batch (the
-  workers' start; see :mod:`benchmarks.loading`).
+  workers' start; see :mod:`benchmarks.loading`);
+- ``tuning`` (last, so that the other parts' figures are in the file before it starts):
+  batched fp16 RAFT-small and RAFT-large again with each of :data:`TUNINGS` applied to the
+  network (``channels_last`` weights; ``compile``: ``torch.compile``; ``cuda-graphs``:
+  ``torch.compile(mode="reduce-overhead")``, which replays CUDA graphs), its first pass
+  (compilation included) timed apart, the speed-up over the untuned run beside it. A tuning
+  that fails is recorded with its error, and the next one runs.
 
 Issue 16's GPU goals, each a figure with its verdict in ``make bench`` on a GPU machine
 (:func:`benchmarks.runner.gpu_figures`): batched RAFT-small at :data:`GOAL_RAFT` pairs/s and
@@ -36,8 +42,11 @@ RAFT-large likewise; the whole ``extract`` run with one GPU actor at
 :data:`GOAL_TRAIN_SAMPLES` samples/s, waiting for data at most :data:`GOAL_TRAIN_WAIT` of a
 step.
 
-Run ``python -m benchmarks.gpu [--quick] [--parts raft pipeline train] [--weights-small FILE]
-[--weights-large FILE]``: prints a table and writes ``bench-out/gpu.json``.
+Run ``python -m benchmarks.gpu [--quick] [--parts raft pipeline train tuning] [--tunings
+channels_last compile cuda-graphs] [--weights-small FILE] [--weights-large FILE]``: prints a
+table and writes ``bench-out/gpu.json``, after each part (a run cut short keeps what it
+measured). The default parts are ``raft pipeline train``, and ``tuning`` with
+``channels_last`` only: compiling RAFT takes minutes.
 """
 
 from __future__ import annotations
@@ -70,6 +79,8 @@ GOAL_RAFT = {"raft-small": 300.0, "raft-large": 150.0}  # pairs/s batched, 416p,
 GOAL_PIPELINE_SHARE = 0.85  # a whole extract run's pairs/s over bare batched RAFT-small's
 GOAL_TRAIN_SAMPLES = 800.0  # ResNet-50 training samples/s on one GPU
 GOAL_TRAIN_WAIT = 0.05  # at most this share of a training step spent waiting for data
+TUNINGS = ("channels_last", "compile", "cuda-graphs")  # ways to run RAFT, tried one by one
+TUNED = ("raft-small", "raft-large")  # the variants with a goal
 
 
 Pair = tuple[np.ndarray, np.ndarray, np.ndarray]  # frame t, frame t + GAP, exact flow
@@ -101,7 +112,8 @@ def pairs_per_second(
     flow(frames0, frames1)
     rates = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         start = time.perf_counter()
         flow(frames0, frames1)
         rates.append(len(frames0) / (time.perf_counter() - start))
@@ -152,6 +164,79 @@ def raft_figures(
         base = rows[-3]["pairs_per_s"]["median"]
         for row in rows[-3:]:
             row["speed_up"] = row["pairs_per_s"]["median"] / base
+    return rows
+
+
+def tune(flow: Any, tuning: str) -> None:
+    """Apply ``tuning`` (one of :data:`TUNINGS`) to ``flow``'s network."""
+    import torch
+
+    if tuning == "channels_last":
+        flow.model.to(memory_format=torch.channels_last)
+    elif tuning == "compile":
+        flow.model = torch.compile(flow.model)
+    elif tuning == "cuda-graphs":
+        flow.model = torch.compile(flow.model, mode="reduce-overhead")
+    else:
+        raise ValueError(f"unknown tuning {tuning!r}; choose from {TUNINGS}")
+
+
+def tuning_figures(
+    pairs: list[Pair],
+    repeats: int,
+    batch_size: int,
+    tunings: tuple[str, ...],
+    untuned: list[dict[str, Any]],
+    device: str = "cuda",
+) -> list[dict[str, Any]]:
+    """One row per (variant of :data:`TUNED`, tuning): batched fp16 on ``device`` (fp32 off
+    CUDA, for tests), the first pass's seconds (compilation), pairs/s after it and, where
+    ``untuned`` (:func:`raft_figures`' rows) has the same variant, precision and batch, the
+    speed-up over it. A tuning that raises gives a row with ``error`` instead."""
+    import torch
+
+    frames0 = [a for a, _, _ in pairs]
+    frames1 = [b for _, b, _ in pairs]
+    precision = "fp16" if device == "cuda" else "fp32"
+    rows = []
+    for variant in TUNED:
+        base = next(
+            (
+                r["pairs_per_s"]["median"]
+                for r in untuned
+                if (r["variant"], r["precision"], r["batch_size"])
+                == (variant, precision, batch_size)
+            ),
+            None,
+        )
+        for tuning in tunings:
+            row: dict[str, Any] = {
+                "variant": variant,
+                "precision": precision,
+                "batch_size": batch_size,
+                "tuning": tuning,
+            }
+            try:
+                flow = build_flow(
+                    variant,
+                    random_init=True,
+                    device=device,
+                    precision=precision,
+                    batch_size=batch_size,
+                )
+                tune(flow, tuning)
+                start = time.perf_counter()
+                flow(frames0[:batch_size], frames1[:batch_size])
+                row["first_pass_s"] = time.perf_counter() - start
+                row["pairs_per_s"] = pairs_per_second(flow, frames0, frames1, repeats)
+            except Exception as exc:  # a tuning torch cannot apply here is a finding, not a crash
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            else:
+                if base:
+                    row["over_untuned"] = row["pairs_per_s"]["median"] / base
+            rows.append(row)
+            if tuning in ("compile", "cuda-graphs"):
+                torch._dynamo.reset()  # the next compiled network starts from a clean cache
     return rows
 
 
@@ -250,7 +335,7 @@ def train_figures(dataset: Path, out: Path, steps: int, arch: str = TRAIN_ARCH) 
     }
 
 
-PARTS = ("raft", "pipeline", "train")
+PARTS = ("raft", "pipeline", "train", "tuning")
 
 
 def training_set(root: Path, clips: int) -> Path:
@@ -273,14 +358,17 @@ def measure(
     quick: bool = False,
     weights: dict[str, str | None] | None = None,
     parts: tuple[str, ...] = PARTS,
+    tunings: tuple[str, ...] = ("channels_last",),
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """The GPU figures of ``parts``, or ``{"skipped": reason}`` without a CUDA device."""
+    """The GPU figures of ``parts``, or ``{"skipped": reason}`` without a CUDA device; the
+    result so far is written to ``out`` (when given) after each part."""
     import torch
 
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
     count, repeats, batch_size = (32, 2, 16) if quick else (96, 3, 16)
-    pairs = synthetic_pairs(count if "raft" in parts else 0)
+    pairs = synthetic_pairs(count if {"raft", "tuning"} & set(parts) else 0)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0),
         "machine": machine(),
@@ -292,16 +380,28 @@ def measure(
             f"{repeats} timed passes after a warm-up"
         )
         result["raft"] = raft_figures(pairs, repeats, batch_size, weights or {})
+        save(result, out)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if "pipeline" in parts:
             clips = 8 if quick else -(-PIPELINE_PAIRS // (PIPELINE_FRAMES - GAP))
             result["pipeline"] = pipeline_figures(root, clips, PIPELINE_FRAMES, batch_size)
+            save(result, out)
         if "train" in parts:
             dataset = result.get("pipeline", {}).get("dis_dataset") or training_set(root, 8)
             steps = TRAIN_STEPS_QUICK if quick else TRAIN_STEPS
             result["train"] = train_figures(Path(dataset), root / "train-run", steps)
+            save(result, out)
+    if "tuning" in parts and tunings:
+        untuned = result.get("raft", [])
+        result["tuning"] = tuning_figures(pairs, repeats, batch_size, tunings, untuned)
+        save(result, out)
     return result
+
+
+def save(result: dict[str, Any], out: Path | None) -> None:
+    if out is not None:
+        write_result(result, out)
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -320,6 +420,17 @@ def print_table(result: dict[str, Any]) -> None:
             f"{row['variant']:<12} {row['precision']:<9} {row['batch_size']:>5} "
             f"{rate['median']:>9.1f} {rate['min']:>7.1f}-{rate['max']:<7.1f} "
             f"{row['speed_up']:>7.2f}x {epe:>7}"
+        )
+    for row in result.get("tuning", []):
+        name = f"{row['variant']} {row['precision']} batch {row['batch_size']}, {row['tuning']}"
+        if "error" in row:
+            print(f"{name}: failed ({row['error']})")
+            continue
+        rate = row["pairs_per_s"]
+        over = f", {row['over_untuned']:.2f}x untuned" if "over_untuned" in row else ""
+        print(
+            f"{name}: {rate['median']:.1f} pairs/s ({rate['min']:.1f}-{rate['max']:.1f}){over}; "
+            f"first pass {row['first_pass_s']:.1f} s"
         )
     pipeline = result.get("pipeline", {"skipped": "not asked for"})
     if "skipped" in pipeline:
@@ -353,7 +464,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--weights-liteflownet", help="network-*.pytorch file: also measure LiteFlowNet's error"
     )
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--tunings",
+        nargs="*",
+        choices=TUNINGS,
+        default=["channels_last"],
+        help="ways of running batched fp16 RAFT tried in the part tuning (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out/gpu.json"))
     args = parser.parse_args(argv)
     weights = {
@@ -361,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         "raft-large": args.weights_large,
         "liteflownet": args.weights_liteflownet,
     }
-    result = measure(args.quick, weights, tuple(args.parts))
+    result = measure(args.quick, weights, tuple(args.parts), tuple(args.tunings), args.out)
     print_table(result)
     write_result(result, args.out)
 

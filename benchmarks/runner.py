@@ -80,7 +80,7 @@ def median_figure(
 
 def gpu_figures(result: dict[str, Any], part: str) -> list[Figure]:
     """The figures of :func:`benchmarks.gpu.measure`'s result: RAFT pairs/s per variant,
-    precision and batch; the pipeline's runs; training. Issue 16's GPU goals
+    precision and batch, untuned and tuned; the pipeline's runs; training. Issue 16's GPU goals
     (:data:`benchmarks.gpu.GOAL_RAFT` and the others) go on their figures. Rows it does not
     recognise are left out (the result is kept whole in ``results.json``)."""
     from benchmarks.gpu import (
@@ -110,6 +110,27 @@ def gpu_figures(result: dict[str, Any], part: str) -> list[Figure]:
             median_figure(
                 part,
                 f"{variant} {row.get('precision')}, batch {batch}",
+                rate,
+                "pairs/s",
+                note="; ".join(notes),
+                goal=(">=", target) if target else None,
+            )
+        )
+    for row in result.get("tuning", []):
+        variant, rate = row.get("variant"), row.get("pairs_per_s", {})
+        name = f"{variant} {row.get('precision')}, batch {row.get('batch_size')}"
+        name += f", {row.get('tuning')}"
+        if "median" not in rate:
+            figures.append(figure(part, name, None, "", note=f"failed: {row.get('error')}"))
+            continue
+        notes = [f"first pass {row.get('first_pass_s', 0.0):.1f} s"]
+        if "over_untuned" in row:
+            notes.insert(0, f"{row['over_untuned']:.2f}x untuned")
+        target = GOAL_RAFT.get(variant)
+        figures.append(
+            median_figure(
+                part,
+                name,
                 rate,
                 "pairs/s",
                 note="; ".join(notes),

@@ -160,6 +160,24 @@ GPU_RESULT = {
             "epe_px": 0.5,
         },
     ],
+    "tuning": [
+        {
+            "variant": "raft-small",
+            "precision": "fp16",
+            "batch_size": 16,
+            "tuning": "channels_last",
+            "first_pass_s": 2.5,
+            "pairs_per_s": {"median": 320.0, "min": 310.0, "max": 330.0},
+            "over_untuned": 4.0,
+        },
+        {
+            "variant": "raft-large",
+            "precision": "fp16",
+            "batch_size": 16,
+            "tuning": "compile",
+            "error": "BackendCompilerFailed: no compiler",
+        },
+    ],
     "pipeline": {
         "runs": {
             "raft-small fp16, 1 GPU actor": {
@@ -186,6 +204,8 @@ def test_gpu_results_become_figures_and_feed_the_projection():
     assert [r["name"] for r in rows] == [
         "raft-small fp32, batch 1",
         "raft-small fp16, batch 16",
+        "raft-small fp16, batch 16, channels_last",
+        "raft-large fp16, batch 16, compile",
         "extract: raft-small fp16, 1 GPU actor",
         "extract: raft-small fp16, 1 GPU actor, marginal",
         "extract: raft-small fp16, 1 GPU actor, whole run / bare batched RAFT",
@@ -201,10 +221,15 @@ def test_gpu_results_become_figures_and_feed_the_projection():
     goals = {r["name"]: r.get("goal") for r in rows}
     assert goals["raft-small fp32, batch 1"] is None
     assert goals["raft-small fp16, batch 16"] == {"op": ">=", "target": 300.0, "met": False}
-    share = rows[4]
+    # A tuned row has the goal too, and says how it compares; a failed one says why. The
+    # bare rate stays the untuned one (the pipeline runs untuned).
+    assert goals["raft-small fp16, batch 16, channels_last"]["met"]
+    assert rows[2]["note"] == "4.00x untuned; first pass 2.5 s"
+    assert rows[3]["value"] is None and "BackendCompilerFailed" in rows[3]["note"]
+    share = rows[6]
     assert share["value"] == 0.5 and not share["goal"]["met"] and "5000+" in share["note"]
-    assert rows[6]["goal"] == {"op": ">=", "target": 800.0, "met": True}
-    assert rows[7]["value"] == 0.08 and not rows[7]["goal"]["met"]
+    assert rows[8]["goal"] == {"op": ">=", "target": 800.0, "met": True}
+    assert rows[9]["value"] == 0.08 and not rows[9]["goal"]["met"]
     yfcc = projections(rows)["datasets"]["YFCC (1.26M pairs)"]
     assert yfcc["1 GPU (extract, one GPU actor, whole run)"]["hours"] == pytest.approx(8.75)
     assert yfcc["1 GPU (extract, one GPU actor, marginal)"]["hours"] == pytest.approx(
@@ -213,6 +238,43 @@ def test_gpu_results_become_figures_and_feed_the_projection():
     assert len(yfcc) == 2  # the CPU rows of a GPU machine feed no projection
     skipped = gpu_figures({"raft": [], "pipeline": {"skipped": "no Ray"}}, "gpu")
     assert skipped[0]["value"] is None and "no Ray" in skipped[0]["note"]
+
+
+def test_raft_tunings_run_keep_the_flow_and_a_failing_one_is_recorded():
+    """The tuning part's code on this CPU (fp32, small frames, random weights): a row per
+    variant and tuning with its speed-up over the untuned row given, a tuning that fails
+    recorded rather than raised, and channels_last giving the flow the untuned network gives."""
+    from benchmarks import gpu
+    from cmpdata.flow import build_flow
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(4)]
+    pairs = [(frames[0], frames[1], None), (frames[2], frames[3], None)]
+    untuned = [
+        {
+            "variant": "raft-small",
+            "precision": "fp32",
+            "batch_size": 2,
+            "pairs_per_s": {"median": 2.0},
+        }
+    ]
+    rows = gpu.tuning_figures(pairs, 1, 2, ("channels_last", "nonesuch"), untuned, "cpu")
+    assert [(r["variant"], r["tuning"]) for r in rows] == [
+        ("raft-small", "channels_last"),
+        ("raft-small", "nonesuch"),
+        ("raft-large", "channels_last"),
+        ("raft-large", "nonesuch"),
+    ]
+    small, failed, large = rows[0], rows[1], rows[2]
+    assert small["pairs_per_s"]["median"] > 0 and small["first_pass_s"] > 0
+    assert small["over_untuned"] == pytest.approx(small["pairs_per_s"]["median"] / 2.0)
+    assert "pairs_per_s" in large and "over_untuned" not in large  # no untuned row to compare
+    assert failed["error"].startswith("ValueError: unknown tuning") and "pairs_per_s" not in failed
+    flow = build_flow("raft-small", random_init=True, device="cpu")
+    plain = flow(frames[:2], frames[2:])
+    gpu.tune(flow, "channels_last")
+    for a, b in zip(plain, flow(frames[:2], frames[2:]), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
 
 
 def test_a_saved_gpu_result_is_labelled_with_its_machine(tmp_path):
