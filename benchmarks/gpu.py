@@ -366,7 +366,9 @@ def measure(
     import torch
 
     if not torch.cuda.is_available():
-        return {"skipped": "no CUDA device"}
+        result = {"skipped": "no CUDA device"}
+        save(result, out)
+        return result
     count, repeats, batch_size = (32, 2, 16) if quick else (96, 3, 16)
     pairs = synthetic_pairs(count if {"raft", "tuning"} & set(parts) else 0)
     result: dict[str, Any] = {
@@ -481,9 +483,9 @@ def main(argv: list[str] | None = None) -> None:
         "raft-large": args.weights_large,
         "liteflownet": args.weights_liteflownet,
     }
+    # measure writes args.out after each part
     result = measure(args.quick, weights, tuple(args.parts), tuple(args.tunings), args.out)
     print_table(result)
-    write_result(result, args.out)
 
 
 if __name__ == "__main__":

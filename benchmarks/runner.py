@@ -93,40 +93,29 @@ def gpu_figures(result: dict[str, Any], part: str) -> list[Figure]:
 
     figures = []
     bare = None  # batched fp16 RAFT-small, the rate a GPU run of extract is held against
-    for row in result.get("raft", []):
-        rate = row.get("pairs_per_s", {})
+    # Untuned rows, then the tuned ones (``tuning`` names the tuning; a failed one has ``error``).
+    for row in [*result.get("raft", []), *result.get("tuning", [])]:
+        rate, tuning = row.get("pairs_per_s", {}), row.get("tuning")
+        variant, batch = row.get("variant"), row.get("batch_size", 1)
+        name = f"{variant} {row.get('precision')}, batch {batch}" + (
+            f", {tuning}" if tuning else ""
+        )
         if "median" not in rate:
+            if "error" in row:
+                figures.append(figure(part, name, None, "", note=f"failed: {row['error']}"))
             continue
         notes = []
         if "speed_up" in row:
             notes.append(f"{row['speed_up']:.2f}x batch 1 fp32")
+        if "over_untuned" in row:
+            notes.append(f"{row['over_untuned']:.2f}x untuned")
         if "epe_px" in row:
             notes.append(f"EPE {row['epe_px']:.3f} px")
-        variant, batch = row.get("variant"), row.get("batch_size", 1)
-        if (variant, row.get("precision")) == ("raft-small", "fp16") and batch > 1:
+        if "first_pass_s" in row:
+            notes.append(f"first pass {row['first_pass_s']:.1f} s")
+        if (variant, row.get("precision"), tuning) == ("raft-small", "fp16", None) and batch > 1:
             bare = rate["median"]
         target = GOAL_RAFT.get(variant) if batch > 1 else None
-        figures.append(
-            median_figure(
-                part,
-                f"{variant} {row.get('precision')}, batch {batch}",
-                rate,
-                "pairs/s",
-                note="; ".join(notes),
-                goal=(">=", target) if target else None,
-            )
-        )
-    for row in result.get("tuning", []):
-        variant, rate = row.get("variant"), row.get("pairs_per_s", {})
-        name = f"{variant} {row.get('precision')}, batch {row.get('batch_size')}"
-        name += f", {row.get('tuning')}"
-        if "median" not in rate:
-            figures.append(figure(part, name, None, "", note=f"failed: {row.get('error')}"))
-            continue
-        notes = [f"first pass {row.get('first_pass_s', 0.0):.1f} s"]
-        if "over_untuned" in row:
-            notes.insert(0, f"{row['over_untuned']:.2f}x untuned")
-        target = GOAL_RAFT.get(variant)
         figures.append(
             median_figure(
                 part,
